@@ -1,0 +1,33 @@
+"""User-facing errors: each message says what is wrong and what to do about it.
+
+Hosts show these messages verbatim (ComfyUI's error dialog, A1111's status line, the CLI's stderr), so
+they are written for the person at the keyboard, not for a developer reading a traceback.
+"""
+
+
+class AnybodyError(Exception):
+    """A problem the user can fix; the message says how."""
+
+
+class BadInputError(AnybodyError):
+    """The images, names or options given cannot be used."""
+
+
+class ModelFileError(AnybodyError):
+    """A model file is missing, unreadable or not what it claims to be."""
+
+
+class WrongModelFamilyError(AnybodyError):
+    """An identity or file made for one base-model family was used with another (e.g. SDXL on SD1.5)."""
+
+
+class TrainingDivergedError(AnybodyError):
+    """The loss became NaN/inf; the last good state is kept on disk."""
+
+
+class FileExistsAnybodyError(AnybodyError):
+    """A file would be overwritten without the user asking for it."""
+
+
+class TrainingCancelled(Exception):
+    """Raised by non-ComfyUI hosts when the user cancels; ComfyUI raises its own interrupt exception."""

@@ -1,0 +1,116 @@
+"""Host protocol shared by every adapter (see ARCHITECTURE.md §2)."""
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+from ..text.embedding_file import FAMILY_ENCODERS
+from ..text.prompt import PromptRows, prompt_rows
+from ..train.sink import ProgressSink
+
+#: word as written in the prompt -> encoder key -> [n, D] vectors
+Injections = Mapping[str, Mapping[str, torch.Tensor]]
+
+
+@dataclass
+class Cond:
+    """Conditioning in the layout the host's UNet reads: ``context [B, 77, D]`` (+ SDXL pooled)."""
+
+    context: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+
+class TextEncoder(ABC):
+    """One CLIP text encoder of the host (``clip_l``, ``clip_h`` or ``clip_g``)."""
+
+    key: str
+    width: int
+    bos: int
+    eos: int
+    pad: int
+
+    @abstractmethod
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` without BOS/EOS or padding."""
+
+    @abstractmethod
+    def token_rows(self, ids: Sequence[int]) -> torch.Tensor:
+        """Raw rows of the host token table (no positional embedding), fp32 copy, ``[len(ids), D]``."""
+
+    @abstractmethod
+    def encode_rows(self, batch: Sequence[PromptRows]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode 77-row prompts through the host's conditioning path -> (hidden ``[B,77,D]``, pooled or None).
+
+        Differentiable with respect to the tensors among the rows.
+        """
+
+    def rows(self, prompt: str, injections: Mapping[str, torch.Tensor]) -> PromptRows:
+        return prompt_rows(prompt, injections, self.tokenize, self.bos, self.eos, self.pad)
+
+
+class Host(ABC):
+    """What a method may ask of the host that loaded the checkpoint."""
+
+    family: str  # "sd1" | "sd2" | "sdxl"
+    prediction: str  # "eps" | "v"
+    encoders: dict[str, TextEncoder]
+    device: torch.device
+    sink: ProgressSink
+
+    # --- text -------------------------------------------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[str], injections: Injections | None = None) -> Cond:
+        """Encode prompts with placeholder words replaced by injected vectors (differentiable)."""
+        injections = injections or {}
+        hidden, pooled = {}, None
+        for key, encoder in self.encoders.items():
+            per_word = {w: vecs[key] for w, vecs in injections.items() if key in vecs}
+            hidden[key], pooled_k = encoder.encode_rows([encoder.rows(p, per_word) for p in prompts])
+            if key == "clip_g":
+                pooled = pooled_k
+        context = torch.cat([hidden[k] for k in FAMILY_ENCODERS[self.family]], dim=-1)
+        return Cond(context, pooled)
+
+    # --- latents ----------------------------------------------------------------------------------------
+    @abstractmethod
+    def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``[B,H,W,3]`` in 0..1 -> scaled latent mean and std (std is 0 where the host gives the mode)."""
+
+    @abstractmethod
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images ``[B,H,W,3]`` in 0..1."""
+
+    # --- denoiser ---------------------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def alphas_cumprod(self) -> torch.Tensor:
+        """``[1000]`` float64 on the CPU."""
+
+    @abstractmethod
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        """The UNet's native output (eps or v) for DDPM timesteps ``t``; differentiable."""
+
+    # --- runtime ----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        """Everything gradient-based runs inside this: hosts that run nodes under inference mode escape it."""
+        with torch.inference_mode(False), torch.enable_grad():
+            yield
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on GPUs, plain fp32 on the CPU."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @abstractmethod
+    def embeddings_dir(self) -> Path:
+        """Where the host's stock loader looks for textual-inversion embeddings."""
+
+    @abstractmethod
+    def state_dir(self) -> Path:
+        """Where training state for resume is kept (outside the embeddings folder)."""

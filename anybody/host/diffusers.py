@@ -1,0 +1,127 @@
+"""Diffusers adapter: the standalone CLI and the test host.
+
+Wraps diffusers/transformers modules already in memory (a pipeline loaded from a local single-file
+checkpoint, or the tiny random model of ``anybody demo``). Vectors are injected with a forward hook on the
+token-embedding layer, so the rest of the text encoder (positions, causal mask, layer choice) runs exactly
+as the library wrote it.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..text.prompt import PromptRows
+from ..train.sink import ConsoleSink, ProgressSink
+from .base import Cond, Host, TextEncoder
+
+#: a token id that is neither BOS nor EOS, used at injected positions (its table row is replaced)
+_INJECT_ID = 0
+
+
+class DiffusersTextEncoder(TextEncoder):
+    """A transformers CLIP text model + tokenizer. ``layer``: 'last' (+final LN, SD1/SD2) or 'penultimate' (SDXL)."""
+
+    def __init__(self, key: str, model, tokenizer, layer: str = "last") -> None:
+        self.key, self.model, self.tokenizer, self.layer = key, model, tokenizer, layer
+        self.width = int(model.config.hidden_size)
+        self.bos, self.eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def token_rows(self, ids: Sequence[int]) -> torch.Tensor:
+        table = self.model.get_input_embeddings().weight
+        return table[torch.as_tensor(list(ids), dtype=torch.long, device=table.device)].detach().float().cpu().clone()
+
+    def encode_rows(self, batch: Sequence[PromptRows]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        device = self.model.get_input_embeddings().weight.device
+        ids = torch.tensor([[r if isinstance(r, int) else _INJECT_ID for r in rows] for rows in batch], device=device)
+        where = [(b, i, r) for b, rows in enumerate(batch) for i, r in enumerate(rows) if isinstance(r, torch.Tensor)]
+
+        def splice(module, inputs, out):
+            if not where:
+                return out
+            bi = torch.tensor([b for b, _, _ in where], device=out.device)
+            ii = torch.tensor([i for _, i, _ in where], device=out.device)
+            values = torch.stack([r for _, _, r in where]).to(device=out.device, dtype=out.dtype)
+            return out.index_put((bi, ii), values)  # out of place: gradients reach `values`
+
+        handle = self.model.get_input_embeddings().register_forward_hook(splice)
+        try:
+            out = self.model(input_ids=ids, output_hidden_states=self.layer != "last")
+        finally:
+            handle.remove()
+        hidden = out.last_hidden_state if self.layer == "last" else out.hidden_states[-2]
+        pooled = getattr(out, "text_embeds", None)
+        return hidden.float(), (pooled.float() if pooled is not None else None)
+
+
+class DiffusersHost(Host):
+    """Host over diffusers modules. ``encoders`` are in the family's order (SDXL: clip_l then clip_g)."""
+
+    def __init__(self, unet, vae, encoders: Sequence[DiffusersTextEncoder], scheduler_config: dict, family: str,
+                 out_dir: str | Path = "anybody_out", sink: ProgressSink | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        self.family = family
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.unet, self.vae = unet, vae
+        self.encoders = {e.key: e for e in encoders}
+        for module in (unet, vae, *(e.model for e in encoders)):
+            module.requires_grad_(False).eval().to(self.device)
+        if self.unet.dtype != self.dtype:
+            self.unet.to(self.dtype)
+        self.prediction = "v" if scheduler_config.get("prediction_type") == "v_prediction" else "eps"
+        self._alphas = _alphas_cumprod(scheduler_config)
+        self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
+        self.out_dir = Path(out_dir)
+        self.sink = sink or ConsoleSink()
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self._alphas
+
+    def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.permute(0, 3, 1, 2).to(self.device, torch.float32) * 2 - 1
+        with torch.no_grad():
+            dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        return dist.mean.float() * self.scaling_factor, dist.std.float() * self.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            x = self.vae.decode((latents / self.scaling_factor).to(self.device, self.vae.dtype)).sample
+        return ((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        extra = {}
+        if self.family == "sdxl":
+            h, w = x_t.shape[-2] * 8, x_t.shape[-1] * 8
+            time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=self.dtype).repeat(x_t.shape[0], 1)
+            extra["added_cond_kwargs"] = {"text_embeds": cond.pooled.to(self.dtype), "time_ids": time_ids}
+        out = self.unet(x_t.to(self.device, self.dtype), t.to(self.device),
+                        encoder_hidden_states=cond.context.to(self.device, self.dtype), **extra).sample
+        return out.float()
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=self.dtype) if self.device.type == "cuda" else contextlib.nullcontext()
+
+    def embeddings_dir(self) -> Path:
+        return self.out_dir / "embeddings"
+
+    def state_dir(self) -> Path:
+        return self.out_dir / "training_state"
+
+
+def _alphas_cumprod(config: dict) -> torch.Tensor:
+    """DDPM ᾱ from a diffusers scheduler config (SD uses 'scaled_linear' betas 0.00085 -> 0.012)."""
+    n = int(config.get("num_train_timesteps", 1000))
+    start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
+    if config.get("beta_schedule", "scaled_linear") == "scaled_linear":
+        betas = torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
+    else:
+        betas = torch.linspace(start, end, n, dtype=torch.float64)
+    return torch.cumprod(1.0 - betas, dim=0)

@@ -1,0 +1,46 @@
+"""A tiny random-weight model with the SD1.x architecture, built in seconds with no download.
+
+It has SD1.x's real interfaces (CLIP BPE tokenizer, 768-wide token table and context, 4-channel latents at
+1/8 resolution, the SD noise schedule) at a fraction of the depth and width, so every code path — and every
+file format — is exercised exactly as with a real checkpoint. Its images are noise: it has learned nothing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..assets import clip_tokenizer
+
+SD_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
+
+
+def tiny_sd1_modules(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64), text_layers: int = 2):
+    """(unet, vae, text_encoder, tokenizer) with SD1.x interfaces and random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=256, num_hidden_layers=text_layers,
+        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=unet_channels,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 32, 32), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=32, sample_size=64, scaling_factor=0.18215)
+    return unet, vae, text_encoder, clip_tokenizer()
+
+
+def tiny_host(out_dir: str | Path, seed: int = 0, sink=None, device: str | None = "cpu"):
+    """A :class:`DiffusersHost` over :func:`tiny_sd1_modules`."""
+    from .diffusers import DiffusersHost, DiffusersTextEncoder
+
+    unet, vae, text_encoder, tokenizer = tiny_sd1_modules(seed)
+    return DiffusersHost(unet, vae, [DiffusersTextEncoder("clip_l", text_encoder, tokenizer)], SD_SCHEDULER,
+                         "sd1", out_dir=out_dir, sink=sink, device=device)

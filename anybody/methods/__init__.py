@@ -1,0 +1,1 @@
+"""The papers' math, written once against :class:`anybody.host.Host`."""

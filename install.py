@@ -1,0 +1,96 @@
+"""The one installer: run by A1111 at launch, by ComfyUI-Manager after cloning, and by users.
+
+Installs only what is missing, never upgrades or reinstalls what the host owns (torch, torchvision, gradio,
+transformers), picks onnxruntime-gpu only where CUDA is present, and never installs both onnxruntime
+packages. Fast when everything is present: it asks pip for nothing.
+
+    python install.py          # what the nodes need inside ComfyUI / A1111
+    python install.py --cli    # + diffusers/transformers for `python -m anybody` outside a UI
+    python install.py --dev    # + the test tools
+"""
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import subprocess
+import sys
+import tempfile
+
+CORE = ["safetensors>=0.4", "numpy", "pillow"]
+CLI = ["diffusers>=0.30", "transformers>=4.40"]
+DEV = ["pytest>=7"]
+HOST_OWNED = ("torch", "torchvision", "torchaudio", "gradio", "fastapi", "pydantic", "transformers", "numpy", "pillow")
+ONNX_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
+
+
+def installed(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def requirement_name(req: str) -> str:
+    for sep in "<>=!~[; ":
+        req = req.split(sep)[0]
+    return req
+
+
+def onnxruntime_choice(cuda_available: bool) -> str | None:
+    """The onnxruntime package to install, or None when one is already there (never both)."""
+    if any(installed(p) for p in ONNX_PACKAGES):
+        return None
+    return "onnxruntime-gpu" if cuda_available else "onnxruntime"
+
+
+def cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def missing(requirements: list[str]) -> list[str]:
+    return [r for r in requirements if installed(requirement_name(r)) is None]
+
+
+def pip_install(packages: list[str]) -> None:
+    """Install with the host's own pip; a constraints file pins what the host owns so pip cannot move it."""
+    pins = [f"{name}=={installed(name)}" for name in HOST_OWNED if installed(name)]
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("\n".join(pins) + "\n")
+    try:
+        cmd = [sys.executable, "-m", "pip", "install", "--upgrade-strategy", "only-if-needed", "-c", f.name, *packages]
+        print("[Anybody] installing:", " ".join(packages), flush=True)
+        subprocess.check_call(cmd)
+    finally:
+        os.unlink(f.name)
+
+
+def plan(with_cli: bool, with_dev: bool, onnx: bool, cuda: bool) -> list[str]:
+    wanted = CORE + (CLI if with_cli or with_dev else []) + (DEV if with_dev else [])
+    todo = missing(wanted)
+    if onnx:
+        choice = onnxruntime_choice(cuda)
+        if choice:
+            todo.append(choice)
+    return todo
+
+
+def main(argv: list[str]) -> int:
+    if installed("torch") is None:
+        print("[Anybody] PyTorch is not installed. Install the build for your machine first "
+              "(https://pytorch.org/get-started/locally/), e.g. `pip install torch`, then run this again.")
+        return 1
+    todo = plan("--cli" in argv, "--dev" in argv, onnx="--no-onnx" not in argv, cuda=cuda_available())
+    if todo:
+        pip_install(todo)
+    else:
+        print("[Anybody] all requirements present.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,51 @@
+"""The command line and checkpoint checks a user meets first."""
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from anybody.cli import main
+from anybody.errors import ModelFileError
+from anybody.host.checkpoint import detect_family
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOM-WEIGHT" in out and "--checkpoint" in out
+    assert (tmp_path / "embeddings" / "demo.safetensors").is_file()
+
+
+@pytest.mark.parametrize("keys,match", [
+    ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(1)}, "a LoRA"),
+    ({"encoder.conv_in.weight": torch.zeros(1)}, "a VAE"),
+    ({"foo": torch.zeros(1)}, "not a Stable Diffusion checkpoint"),
+])
+def test_files_that_are_not_sd_checkpoints_are_named(tmp_path, keys, match):
+    path = tmp_path / "thing.safetensors"
+    save_file(keys, str(path))
+    with pytest.raises(ModelFileError, match=match):
+        detect_family(path)
+
+
+def test_family_is_read_from_key_names(tmp_path):
+    unet = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}
+    for marker, family in [("cond_stage_model.transformer.text_model.final_layer_norm.weight", "sd1"),
+                           ("cond_stage_model.model.ln_final.weight", "sd2"),
+                           ("conditioner.embedders.1.model.ln_final.weight", "sdxl")]:
+        save_file({**unet, marker: torch.zeros(1)}, str(tmp_path / f"{family}.safetensors"))
+        assert detect_family(tmp_path / f"{family}.safetensors") == family
+
+
+def test_missing_corrupt_and_pickled_checkpoints(tmp_path, capsys):
+    with pytest.raises(ModelFileError, match="not found"):
+        detect_family(tmp_path / "nope.safetensors")
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00")
+    with pytest.raises(ModelFileError, match="download it again"):
+        detect_family(tmp_path / "cut.safetensors")
+    (tmp_path / "old.ckpt").write_bytes(b"x")
+    with pytest.raises(ModelFileError, match="only .safetensors"):
+        detect_family(tmp_path / "old.ckpt")
+    # the CLI turns it into one line on stderr and exit code 2, before reading any image
+    assert main(["train", "cross-init", "--checkpoint", str(tmp_path / "old.ckpt"), "--images", str(tmp_path),
+                 "--name", "x", "--out", str(tmp_path)]) == 2
+    assert "error:" in capsys.readouterr().err
