@@ -24,6 +24,11 @@ class RecordingSink(ProgressSink):
         self.logs.append(message)
 
 
+@pytest.fixture(name="RecordingSink")
+def recording_sink_class():
+    return RecordingSink
+
+
 @pytest.fixture(scope="session")
 def _tiny_host():
     from anybody.host.tiny import tiny_host

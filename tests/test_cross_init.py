@@ -139,9 +139,7 @@ def test_loss_falls_on_a_fixed_probe(host, faces):
     assert probe(theta).item() < start - 1e-4
 
 
-def test_cancel_then_resume_is_exact(host, faces, tmp_path):
-    from tests.conftest import RecordingSink
-
+def test_cancel_then_resume_is_exact(host, faces, RecordingSink):
     cfg = replace(FAST, steps=6, save_every=100)
     full, _ = ci.train_cross_init(host, faces, "full", cfg)
     host.sink = RecordingSink(cancel_after=3)
@@ -155,9 +153,7 @@ def test_cancel_then_resume_is_exact(host, faces, tmp_path):
     assert torch.equal(resumed.vectors["clip_l"], full.vectors["clip_l"])
 
 
-def test_resume_with_different_settings_is_refused(host, faces):
-    from tests.conftest import RecordingSink
-
+def test_resume_with_different_settings_is_refused(host, faces, RecordingSink):
     host.sink = RecordingSink(cancel_after=1)
     with pytest.raises(KeyboardInterrupt):
         ci.train_cross_init(host, faces, "carol", FAST)

@@ -1,0 +1,158 @@
+"""CrossInitTrain inside a real ComfyUI (set ANYBODY_COMFYUI_DIR to a ComfyUI checkout whose Python env is active).
+
+Builds a random-weight SD1.5-detectable checkpoint (320-channel 2-level UNet, full CLIP-L, full SD VAE), loads it
+with the stock CheckpointLoaderSimple, trains through the node in ComfyUI's executor, and checks the stock
+`embedding:<name>` path.
+"""
+import asyncio
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+
+COMFY = os.environ.get("ANYBODY_COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFY, reason="ANYBODY_COMFYUI_DIR is not set: no real ComfyUI to run the node in")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _build_checkpoint(path: Path) -> None:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from ldm_checkpoint import save_sd1_checkpoint
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=8, layers_per_block=1, block_out_channels=(320, 640),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
+                                attention_head_dim=8)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    te = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                      num_attention_heads=12, hidden_act="quick_gelu", max_position_embeddings=77))
+    save_sd1_checkpoint(path, unet, vae, te)
+
+
+@pytest.fixture(scope="module")
+def comfy_env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy")
+    for sub in ("checkpoints", "embeddings", "custom_nodes", "input", "output", "temp", "user"):
+        (base / sub).mkdir()
+    _build_checkpoint(base / "checkpoints" / "tiny15.safetensors")
+    (base / "custom_nodes" / "anybody").symlink_to(REPO, target_is_directory=True)
+    shutil.copy(REPO / "anybody" / "assets" / "demo_face.jpg", base / "input" / "face.jpg")
+
+    sys.path.insert(0, COMFY)
+    argv, sys.argv = sys.argv, ["main.py", "--cpu"]
+    import comfy.options
+
+    comfy.options.enable_args_parsing()
+    import comfy.cli_args  # noqa: F401  (parses --cpu)
+
+    sys.argv = argv
+    import folder_paths
+
+    folder_paths.set_output_directory(str(base / "output"))
+    folder_paths.set_input_directory(str(base / "input"))
+    folder_paths.set_temp_directory(str(base / "temp"))
+    folder_paths.folder_names_and_paths["checkpoints"] = ([str(base / "checkpoints")], {".safetensors"})
+    folder_paths.folder_names_and_paths["embeddings"] = ([str(base / "embeddings")], {".safetensors", ".pt"})
+    folder_paths.folder_names_and_paths["custom_nodes"] = ([str(base / "custom_nodes")], set())
+    import execution
+    import nodes
+    import server
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    server.PromptServer(loop)
+    loop.run_until_complete(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    assert "AnybodyCrossInitTrain" in nodes.NODE_CLASS_MAPPINGS, "the pack failed to import (see the log)"
+
+    class Stub:
+        client_id, last_node_id = None, None
+
+        def send_sync(self, *a, **k):
+            pass
+
+        def queue_updated(self):
+            pass
+
+    def run(prompt):
+        pid = str(uuid.uuid4())
+        valid, err, outputs, node_errors = loop.run_until_complete(execution.validate_prompt(pid, prompt, None))
+        assert valid, (err, node_errors)
+        ex = execution.PromptExecutor(Stub(), cache_type=execution.CacheType.CLASSIC,
+                                      cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+        loop.run_until_complete(ex.execute_async(prompt, pid, {}, outputs))
+        errors = [d for ev, d in ex.status_messages if ev in ("execution_error", "execution_interrupted")]
+        return ex, errors
+
+    return {"base": base, "run": run, "nodes": nodes}
+
+
+def _graph(**train):
+    widgets = dict(name="hosttest", preset="custom", steps=4, lr=0.005, batch=2, grad_accum=1, resolution=64, seed=0,
+                   save_every=0, preview_every=1, resume=False, overwrite=False)
+    widgets.update(train)
+    return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny15.safetensors"}},
+            "2": {"class_type": "LoadImage", "inputs": {"image": "face.jpg"}},
+            "3": {"class_type": "AnybodyCrossInitTrain", "inputs": {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2],
+                                                                    "images": ["2", 0], **widgets}}}
+
+
+def test_node_trains_on_the_loaded_model_and_stock_embedding_syntax_works(comfy_env):
+    ex, errors = comfy_env["run"](_graph())
+    assert ex.success, errors
+    path = comfy_env["base"] / "embeddings" / "hosttest.safetensors"
+    assert path.is_file()
+    assert "embedding:hosttest" in ex.history_result["outputs"]["3"]["text"][0]
+
+    import comfy.sd
+    import folder_paths
+    from safetensors.torch import load_file
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+        str(comfy_env["base"] / "checkpoints" / "tiny15.safetensors"), output_vae=True, output_clip=True,
+        embedding_directory=folder_paths.get_folder_paths("embeddings"))
+    encode = comfy_env["nodes"].CLIPTextEncode().encode
+    with torch.inference_mode():
+        with_id = encode(clip, "a photo of embedding:hosttest person")[0][0][0]
+        plain = encode(clip, "a photo of person")[0][0][0]
+    assert not torch.allclose(with_id, plain)
+    # the stock path equals our injection path on the same CLIP
+    from importlib import import_module
+
+    pack = import_module(next(m for m in sys.modules if m.endswith("anybody") and hasattr(sys.modules[m], "NODE_CLASS_MAPPINGS")))
+    ComfyHost = sys.modules[pack.__name__ + ".anybody.host.comfy"].ComfyHost
+    host = ComfyHost(model, clip, vae)
+    vectors = load_file(str(path))["emb_params"]
+    with torch.no_grad():
+        ours = host.encode_prompts(["a photo of <x> person"], {"<x>": {"clip_l": vectors}}).context
+    assert torch.allclose(ours.float().cpu(), with_id.float().cpu(), atol=1e-4)
+
+
+def test_cancel_saves_state_and_resume_finishes(comfy_env):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    def cancel_at_two(value, total, preview, node_id=None, **kw):
+        if value >= 2:
+            mm.interrupt_current_processing(True)
+
+    comfy.utils.set_progress_bar_global_hook(cancel_at_two)
+    try:
+        ex, errors = comfy_env["run"](_graph(name="cancelme"))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+        mm.interrupt_current_processing(False)
+    assert not ex.success
+    state = comfy_env["base"] / "output" / "anybody_training" / "cancelme.state.json"
+    assert state.is_file() and not (comfy_env["base"] / "embeddings" / "cancelme.safetensors").exists()
+    ex, errors = comfy_env["run"](_graph(name="cancelme", resume=True))
+    assert ex.success, errors
+    assert (comfy_env["base"] / "embeddings" / "cancelme.safetensors").is_file()
