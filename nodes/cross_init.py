@@ -12,9 +12,10 @@ class AnybodyCrossInitTrain:
     FUNCTION = "train"
     OUTPUT_NODE = True
     RETURN_TYPES = ("ANYBODY_IDENTITY", "STRING", "STRING")
-    RETURN_NAMES = ("identity", "prompt_word", "path")
+    RETURN_NAMES = ("identity", "prompt", "path")
     OUTPUT_TOOLTIPS = ("the trained identity (for other Anybody nodes)",
-                       "write this in a CLIPTextEncode prompt, e.g. 'a photo of embedding:alice person'",
+                       "'prompt' with {} replaced by embedding:<name>; link it to CLIPTextEncode's text so the "
+                       "prompt is encoded after training has written the file",
                        "the embedding file written into models/embeddings")
     DESCRIPTION = ("Learns a face from one or more photos as a 2-token textual-inversion embedding (Cross "
                    "Initialization, CVPR 2024) on the connected checkpoint, and saves it to models/embeddings so "
@@ -44,12 +45,14 @@ class AnybodyCrossInitTrain:
                 "preview_every": ("INT", {"default": _PAPER.preview_every, "min": 0, "max": 100000}),
                 "resume": ("BOOLEAN", {"default": False, "tooltip": "continue a cancelled run of the same name and settings"}),
                 "overwrite": ("BOOLEAN", {"default": False, "tooltip": "replace an existing embedding of that name"}),
+                "prompt": ("STRING", {"default": "a photo of {} person", "multiline": True,
+                                      "tooltip": "{} becomes embedding:<name>; keep the '<identity> person' pattern used in training"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, model, clip, vae, images, name, preset, steps, lr, batch, grad_accum, resolution, seed,
-              save_every, preview_every, resume, overwrite, unique_id=None):
+              save_every, preview_every, resume, overwrite, prompt, unique_id=None):
         from ..anybody.host.comfy import ComfyHost
 
         chosen = {"steps": steps} if preset == "custom" else {}
@@ -60,4 +63,6 @@ class AnybodyCrossInitTrain:
         stats = vector_stats(next(iter(identity.vectors.values())))
         summary = (f"{identity.describe()} -> {path.name}; write embedding:{identity.name} in your prompt. "
                    f"norms {stats['norm_min']:.1f}-{stats['norm_max']:.1f}")
-        return {"ui": {"text": [summary]}, "result": (identity, f"embedding:{identity.name}", str(path))}
+        token = f"embedding:{identity.name}"
+        text = prompt.replace("{}", token) if "{}" in prompt else f"{prompt} {token}".strip()
+        return {"ui": {"text": [summary]}, "result": (identity, text, str(path))}

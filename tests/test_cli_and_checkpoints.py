@@ -49,3 +49,32 @@ def test_missing_corrupt_and_pickled_checkpoints(tmp_path, capsys):
     assert main(["train", "cross-init", "--checkpoint", str(tmp_path / "old.ckpt"), "--images", str(tmp_path),
                  "--name", "x", "--out", str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_single_file_checkpoint_loads_offline_and_matches_its_source(tmp_path):
+    """The CLI's loader: an LDM-layout file + shipped-style configs -> the same model, no network."""
+    import json
+    import shutil
+
+    from ldm_checkpoint import save_sd1_checkpoint
+
+    from anybody.assets import asset_path
+    from anybody.host.checkpoint import load_checkpoint_host
+    from anybody.host.tiny import tiny_sd1_modules
+
+    unet, vae, te, _ = tiny_sd1_modules(seed=3)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_sd1_checkpoint(ckpt, unet, vae, te, dtype=torch.float32)
+    config = tmp_path / "config"
+    shutil.copytree(asset_path("configs", "sd15"), config)
+    unet.save_config(config / "unet")
+    vae.save_config(config / "vae")
+    (config / "text_encoder" / "config.json").write_text(json.dumps(te.config.to_dict()))
+    host = load_checkpoint_host(ckpt, out_dir=tmp_path, config_dir=config, device="cpu")
+    assert host.family == "sd1" and host.prediction == "eps"
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    with torch.no_grad():
+        cond = host.encode_prompts(["a photo of a person"])
+        ref = te(input_ids=torch.tensor([host.encoders["clip_l"].rows("a photo of a person", {})]))[0]
+        assert torch.allclose(cond.context, ref, atol=1e-5)
+        assert torch.allclose(host.predict(x, t, cond), unet(x, t, encoder_hidden_states=ref).sample, atol=1e-4)

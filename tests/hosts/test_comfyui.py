@@ -97,7 +97,7 @@ def comfy_env(tmp_path_factory):
 
 def _graph(**train):
     widgets = dict(name="hosttest", preset="custom", steps=4, lr=0.005, batch=2, grad_accum=1, resolution=64, seed=0,
-                   save_every=0, preview_every=1, resume=False, overwrite=False)
+                   save_every=0, preview_every=1, resume=False, overwrite=False, prompt="a photo of {} person")
     widgets.update(train)
     return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny15.safetensors"}},
             "2": {"class_type": "LoadImage", "inputs": {"image": "face.jpg"}},
@@ -105,12 +105,26 @@ def _graph(**train):
                                                                     "images": ["2", 0], **widgets}}}
 
 
+def _example_workflow():
+    """The shipped example's API twin, shrunk to the tiny checkpoint and a few steps."""
+    import json
+
+    g = json.loads((REPO / "example_workflows" / "cross_init_train_then_generate.api.json").read_text())
+    g["1"]["inputs"]["ckpt_name"] = "tiny15.safetensors"
+    g["2"]["inputs"]["image"] = "face.jpg"
+    g["3"]["inputs"].update(name="hosttest", preset="custom", steps=4, batch=2, resolution=64, preview_every=1)
+    g["6"]["inputs"].update(width=64, height=64)
+    g["7"]["inputs"].update(steps=2)
+    return g
+
+
 def test_node_trains_on_the_loaded_model_and_stock_embedding_syntax_works(comfy_env):
-    ex, errors = comfy_env["run"](_graph())
+    ex, errors = comfy_env["run"](_example_workflow())
     assert ex.success, errors
     path = comfy_env["base"] / "embeddings" / "hosttest.safetensors"
     assert path.is_file()
     assert "embedding:hosttest" in ex.history_result["outputs"]["3"]["text"][0]
+    assert ex.history_result["outputs"]["9"]["images"], "the sampler ran on the trained identity and saved an image"
 
     import comfy.sd
     import folder_paths
