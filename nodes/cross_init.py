@@ -56,8 +56,8 @@ class AnybodyCrossInitTrain:
         from ..anybody.host.comfy import ComfyHost
 
         chosen = {"steps": steps} if preset == "custom" else {}
-        config = make_config(preset, **chosen, lr=lr, batch=batch, grad_accum=grad_accum,
-                                     resolution=resolution, seed=seed, save_every=save_every, preview_every=preview_every)
+        config = make_config(preset, **chosen, lr=lr, batch=batch, grad_accum=grad_accum, resolution=resolution,
+                             seed=seed, save_every=save_every, preview_every=preview_every)
         host = ComfyHost(model, clip, vae, node_id=unique_id)
         identity, path = train_cross_init(host, list(images), name, config, resume=resume, overwrite=overwrite)
         stats = vector_stats(next(iter(identity.vectors.values())))

@@ -13,17 +13,18 @@ _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb
            "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
 
 
-def unet_to_ldm(sd: dict, layers_per_block: int, attention_down: list[bool], attention_up: list[bool]) -> dict:
+def unet_to_ldm(sd: dict, layers_per_block: int, attention_up: list[bool]) -> dict:
     L = layers_per_block
     out = {}
     for key, value in sd.items():
         k = key
         k = k.replace("time_embedding.linear_1", "time_embed.0").replace("time_embedding.linear_2", "time_embed.2")
         k = k.replace("conv_in.", "input_blocks.0.0.").replace("conv_norm_out.", "out.0.").replace("conv_out.", "out.2.")
-        m = re.match(r"down_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", k)
-        if m:
-            i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-            k = f"input_blocks.{1 + i * (L + 1) + j}.{0 if kind == 'resnets' else 1}.{_resnet(rest) if kind == 'resnets' else rest}"
+        m = re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", k)
+        if m:  # level i, layer j -> input_blocks[1 + i(L+1) + j] / output_blocks[i(L+1) + j]; .0 resnet, .1 attention
+            first = 1 if m[1] == "down" else 0
+            index, sub = first + int(m[2]) * (L + 1) + int(m[4]), 0 if m[3] == "resnets" else 1
+            k = f"{'input' if m[1] == 'down' else 'output'}_blocks.{index}.{sub}.{_resnet(m[5]) if sub == 0 else m[5]}"
         m = re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", k)
         if m:
             k = f"input_blocks.{(int(m[1]) + 1) * (L + 1)}.0.op.{m[2]}"
@@ -31,10 +32,6 @@ def unet_to_ldm(sd: dict, layers_per_block: int, attention_down: list[bool], att
         if m:
             idx = 1 if m[1] == "attentions" else 2 * int(m[2])
             k = f"middle_block.{idx}.{_resnet(m[3]) if m[1] == 'resnets' else m[3]}"
-        m = re.match(r"up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", k)
-        if m:
-            i, kind, j, rest = int(m[1]), m[2], int(m[3]), m[4]
-            k = f"output_blocks.{i * (L + 1) + j}.{0 if kind == 'resnets' else 1}.{_resnet(rest) if kind == 'resnets' else rest}"
         m = re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", k)
         if m:
             i = int(m[1])
@@ -76,9 +73,8 @@ def save_sd1_checkpoint(path, unet, vae, text_encoder, dtype=torch.float16) -> N
     from safetensors.torch import save_file
 
     cfg = unet.config
-    att_down = ["CrossAttn" in t for t in cfg.down_block_types]
     att_up = ["CrossAttn" in t for t in cfg.up_block_types]
-    sd = {**unet_to_ldm(unet.state_dict(), cfg.layers_per_block, att_down, att_up),
+    sd = {**unet_to_ldm(unet.state_dict(), cfg.layers_per_block, att_up),
           **vae_to_ldm(vae.state_dict(), len(vae.config.block_out_channels)),
           **clip_to_ldm(text_encoder.state_dict())}
     save_file({k: v.detach().to(dtype).contiguous() for k, v in sd.items()}, str(path))
