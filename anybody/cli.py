@@ -21,6 +21,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int, help="training resolution in pixels (paper: 512)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, help="save resumable state every N steps (default 100)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute UNet activations in the backward pass: less memory, about 1/3 slower")
     p.add_argument("--resume", action="store_true", help="continue a cancelled run of the same name")
     p.add_argument("--overwrite", action="store_true", help="replace an existing embedding of that name")
     p.add_argument("--names", help="celebrity name list (one per line) instead of the bundled one")
@@ -33,7 +35,8 @@ def _config(args, **defaults):
     overrides = {k: getattr(args, a) for k, a in [("steps", "steps"), ("lr", "lr"), ("batch", "batch"),
                  ("grad_accum", "grad_accum"), ("resolution", "resolution"), ("save_every", "save_every")]
                  if getattr(args, a) is not None}
-    return preset(args.preset, **{**defaults, **overrides, "seed": args.seed})
+    return preset(args.preset, **{**defaults, **overrides, "seed": args.seed,
+                                  "gradient_checkpointing": args.gradient_checkpointing})
 
 
 def cmd_train_cross_init(args) -> int:
@@ -43,7 +46,8 @@ def cmd_train_cross_init(args) -> int:
 
     detect_family(args.checkpoint)  # cheap checks first: a wrong file fails before photos or weights load
     images = load_images(image_files(args.images))
-    host = load_checkpoint_host(args.checkpoint, out_dir=args.out, prediction=args.prediction)
+    host = load_checkpoint_host(args.checkpoint, out_dir=args.out, prediction=args.prediction,
+                                low_memory=args.low_memory)
     identity, path = train_cross_init(host, images, args.name, _config(args), names_file=args.names,
                                       resume=args.resume, overwrite=args.overwrite)
     stats = {k: round(v, 3) for k, v in vector_stats(next(iter(identity.vectors.values()))).items()}
@@ -86,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--checkpoint", required=True, help="local SD1.x/SD2.x single-file .safetensors checkpoint")
     ci.add_argument("--images", required=True, help="a folder of face photos, or one photo")
     ci.add_argument("--name", required=True, help="identity name: writes <out>/embeddings/<name>.safetensors")
+    ci.add_argument("--low-memory", action="store_true",
+                    help="CPU: keep UNet weights in fp16 and compute in fp32 (about 1.6 GiB less for SD1.5, slower)")
     ci.add_argument("--prediction", choices=["eps", "v"], default=None,
                     help="v for v-prediction checkpoints such as SD2.x-768 (default: eps)")
     _add_train_options(ci)

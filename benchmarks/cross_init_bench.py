@@ -43,7 +43,7 @@ class TimingSink(ProgressSink):
         pass
 
 
-def sd15_host(out_dir, device):
+def sd15_host(out_dir, device, low_memory=False):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -51,11 +51,17 @@ def sd15_host(out_dir, device):
 
     cfg = asset_path("configs", "sd15")
     torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(cfg / "unet"))
+    default = torch.get_default_dtype()
+    if low_memory:  # build the UNet in fp16 directly, as loading an fp16 checkpoint would
+        torch.set_default_dtype(torch.float16)
+    try:
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(cfg / "unet"))
+    finally:
+        torch.set_default_dtype(default)
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae"))
     te = CLIPTextModel(CLIPTextConfig.from_json_file(str(cfg / "text_encoder" / "config.json")))
     return DiffusersHost(unet, vae, [DiffusersTextEncoder("clip_l", te, clip_tokenizer())], SD_SCHEDULER, "sd1",
-                         out_dir=out_dir, device=device)
+                         out_dir=out_dir, device=device, low_memory=low_memory)
 
 
 def main() -> None:
@@ -65,17 +71,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--low-memory", action="store_true", help="CPU: fp16 UNet weights, fp32 arithmetic")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     out = Path(tempfile.mkdtemp(prefix="anybody-bench-"))
     t0 = time.perf_counter()
-    host = tiny_host(out, device=args.device) if args.size == "tiny" else sd15_host(out, args.device)
+    host = tiny_host(out, device=args.device) if args.size == "tiny" else sd15_host(out, args.device, args.low_memory)
     build_s = time.perf_counter() - t0
     sink = TimingSink()
     host.sink = sink
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    cfg = CrossInitConfig(steps=args.steps, batch=args.batch, resolution=args.resolution, save_every=0, preview_every=0)
+    cfg = CrossInitConfig(steps=args.steps, batch=args.batch, resolution=args.resolution, save_every=0, preview_every=0,
+                          gradient_checkpointing=args.gradient_checkpointing)
     images = torch.rand(1, args.resolution, args.resolution, 3)
     t1 = time.perf_counter()
     train_cross_init(host, images, "bench", cfg)
@@ -83,7 +92,8 @@ def main() -> None:
     steps = [b - a for a, b in zip(sink.stamps[1:], sink.stamps[2:])][args.warmup:]
     med = statistics.median(steps) if steps else float("nan")
     result = {"size": args.size, "device": args.device, "dtype": str(host.dtype), "resolution": args.resolution,
-              "batch": args.batch, "steps": args.steps, "median_s_per_step": round(med, 4),
+              "batch": args.batch, "steps": args.steps,
+              "gradient_checkpointing": args.gradient_checkpointing, "low_memory": args.low_memory, "median_s_per_step": round(med, 4),
               "steps_per_s": round(1 / med, 3), "train_total_s": round(total_s, 2), "build_s": round(build_s, 2),
               "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
     if args.device == "cuda":

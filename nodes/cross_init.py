@@ -11,12 +11,13 @@ class AnybodyCrossInitTrain:
     CATEGORY = "Anybody/train"
     FUNCTION = "train"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("ANYBODY_IDENTITY", "STRING", "STRING")
-    RETURN_NAMES = ("identity", "prompt", "path")
+    RETURN_TYPES = ("ANYBODY_IDENTITY", "STRING", "STRING", "CLIP")
+    RETURN_NAMES = ("identity", "prompt", "path", "clip")
     OUTPUT_TOOLTIPS = ("the trained identity (for other Anybody nodes)",
                        "'prompt' with {} replaced by embedding:<name>; link it to CLIPTextEncode's text so the "
                        "prompt is encoded after training has written the file",
-                       "the embedding file written into models/embeddings")
+                       "the embedding file written into models/embeddings",
+                       "the input CLIP with the identity applied: prompts may say <name> (or embedding:<name>)")
     DESCRIPTION = ("Learns a face from one or more photos as a 2-token textual-inversion embedding (Cross "
                    "Initialization, CVPR 2024) on the connected checkpoint, and saves it to models/embeddings so "
                    "any CLIPTextEncode can use it as embedding:<name>. Cancel saves the state; queue again with "
@@ -48,16 +49,21 @@ class AnybodyCrossInitTrain:
                 "prompt": ("STRING", {"default": "a photo of {} person", "multiline": True,
                                       "tooltip": "{} becomes embedding:<name>; keep the '<identity> person' pattern used in training"}),
             },
+            "optional": {
+                "gradient_checkpointing": ("BOOLEAN", {"default": False,
+                                                       "tooltip": "recompute UNet activations in the backward pass: less VRAM, about 1/3 slower"}),
+            },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, model, clip, vae, images, name, preset, steps, lr, batch, grad_accum, resolution, seed,
-              save_every, preview_every, resume, overwrite, prompt, unique_id=None):
-        from ..anybody.host.comfy import ComfyHost
+              save_every, preview_every, resume, overwrite, prompt, gradient_checkpointing=False, unique_id=None):
+        from ..anybody.host.comfy import ComfyHost, clip_with_identity
 
         chosen = {"steps": steps} if preset == "custom" else {}
         config = make_config(preset, **chosen, lr=lr, batch=batch, grad_accum=grad_accum, resolution=resolution,
-                             seed=seed, save_every=save_every, preview_every=preview_every)
+                             seed=seed, save_every=save_every, preview_every=preview_every,
+                             gradient_checkpointing=gradient_checkpointing)
         host = ComfyHost(model, clip, vae, node_id=unique_id)
         identity, path = train_cross_init(host, list(images), name, config, resume=resume, overwrite=overwrite)
         stats = vector_stats(next(iter(identity.vectors.values())))
@@ -65,4 +71,4 @@ class AnybodyCrossInitTrain:
                    f"norms {stats['norm_min']:.1f}-{stats['norm_max']:.1f}")
         token = f"embedding:{identity.name}"
         text = prompt.replace("{}", token) if "{}" in prompt else f"{prompt} {token}".strip()
-        return {"ui": {"text": [summary]}, "result": (identity, text, str(path))}
+        return {"ui": {"text": [summary]}, "result": (identity, text, str(path), clip_with_identity(clip, identity))}

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from ..assets import asset_path, clip_tokenizer
 from ..errors import ModelFileError
 
@@ -49,7 +51,8 @@ def detect_family(path: str | Path) -> str:
 
 
 def load_checkpoint_host(path: str | Path, out_dir: str | Path = "anybody_out", prediction: str | None = None,
-                         config_dir: str | Path | None = None, device: str | None = None, sink=None):
+                         config_dir: str | Path | None = None, device: str | None = None, sink=None,
+                         low_memory: bool = False):
     """Load a local single-file checkpoint into a :class:`DiffusersHost`, with no network access."""
     from diffusers import StableDiffusionPipeline
 
@@ -63,12 +66,17 @@ def load_checkpoint_host(path: str | Path, out_dir: str | Path = "anybody_out", 
     scheduler_config = json.loads((config / "scheduler" / "scheduler_config.json").read_text())
     if prediction:
         scheduler_config["prediction_type"] = "v_prediction" if prediction == "v" else "epsilon"
+    # low_memory loads in fp16 so that no full fp32 copy of the UNet ever exists; the host then keeps only the
+    # frozen Linear/Conv weights in fp16 and everything else (text encoder, VAE, norms) in fp32.
     try:
         pipe = StableDiffusionPipeline.from_single_file(
             str(path), config=str(config), local_files_only=True, tokenizer=clip_tokenizer(),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            **({"torch_dtype": torch.float16} if low_memory else {}))
+        if low_memory:
+            pipe.text_encoder.float(), pipe.vae.float()
     except Exception as exc:
         raise ModelFileError(f"Could not load {Path(path).name} as {family}: {exc}") from exc
     encoder = DiffusersTextEncoder("clip_l", pipe.text_encoder, pipe.tokenizer)
     return DiffusersHost(pipe.unet, pipe.vae, [encoder], scheduler_config, family, out_dir=out_dir,
-                         sink=sink, device=device)
+                         sink=sink, device=device, low_memory=low_memory)

@@ -12,12 +12,15 @@ Strategy for training inside ComfyUI, chosen for zero extra weight memory and no
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
+import re
 import types
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+import torch.utils.checkpoint
 
 from ..errors import WrongModelFamilyError
 from ..text.embedding_file import FAMILY_ENCODERS, FAMILY_LABEL
@@ -106,6 +109,31 @@ def _differentiable_clip(module: torch.nn.Module) -> Iterator[None]:
             del layer.forward
 
 
+def _checkpointed_forward(forward):
+    def run(*args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return run
+
+
+@contextlib.contextmanager
+def _checkpointed_blocks(unet: torch.nn.Module) -> Iterator[None]:
+    """Checkpoint every ResBlock and SpatialTransformer of the UNet, as instance attributes removed afterwards.
+
+    ComfyUI's UNet calls these layers one by one (``forward_timestep_embed``), so they are the units to wrap.
+    """
+    from comfy.ldm.modules.attention import SpatialTransformer
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+    blocks = [m for m in unet.modules() if isinstance(m, (ResBlock, SpatialTransformer))]
+    for block in blocks:
+        block.forward = _checkpointed_forward(block.forward)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward
+
+
 def _normal_tensors(module: torch.nn.Module) -> None:
     """Replace inference-mode parameters/buffers by equal normal tensors, one at a time (no 2x peak)."""
     for sub in module.modules():
@@ -125,6 +153,57 @@ def clip_family(clip) -> str:
             return family
     raise WrongModelFamilyError(f"This CLIP ({type(cm).__name__}) is not an SD1.x, SD2.x or SDXL text encoder. "
                                 "Anybody's identities need an SD1.5, SD2.x or SDXL checkpoint.")
+
+
+def clip_with_identity(clip, identity):
+    """A clone of ``clip`` whose prompts resolve the identity from memory: ``<name>`` or ``embedding:name``.
+
+    Only the clone's tokenizer changes (a shallow copy per text encoder); the input CLIP and its weights are
+    shared, untouched. The trained vectors win over any same-named file in the embedding folders.
+    """
+    family = clip_family(clip)
+    identity.require_family(family)
+    clone = clip.clone()
+    clone.tokenizer = _tokenizer_with(clip.tokenizer, identity)
+    return clone
+
+
+def _tokenizer_with(tokenizer, identity):
+    top = copy.copy(tokenizer)
+    for key in _ENCODER_ATTRS:
+        sub = getattr(tokenizer, key, None)
+        if sub is None or key not in identity.vectors:
+            continue
+        if not hasattr(sub, "_try_get_embedding"):
+            raise WrongModelFamilyError("This ComfyUI's tokenizer has no embedding lookup Anybody can extend; use the "
+                                        f"stock CLIP with embedding:{identity.name} instead.")
+        sub = copy.copy(sub)
+        sub._try_get_embedding = _lookup_first(sub._try_get_embedding, identity.name, identity.vectors[key])
+        setattr(top, key, sub)
+    # every identity applied so far (clones of clones keep them all): <name> -> embedding:name, then stock parsing
+    top._anybody_names = [*getattr(tokenizer, "_anybody_names", []), identity.name]
+    words = re.compile("|".join(re.escape(f"<{n}>") for n in top._anybody_names))
+
+    def tokenize_with_weights(text, *args, **kwargs):
+        text = words.sub(lambda m: f" embedding:{m.group(0)[1:-1]} ", text)
+        return type(top).tokenize_with_weights(top, text, *args, **kwargs)
+
+    top.tokenize_with_weights = tokenize_with_weights
+    return top
+
+
+def _lookup_first(stock_lookup, name: str, vectors: torch.Tensor):
+    """Wrap ComfyUI's ``_try_get_embedding(text) -> (embed, name, leftover)`` to answer ``name`` first."""
+
+    def lookup(embedding_name: str):
+        first, _, rest = embedding_name.strip().partition(" ")
+        bare = first.rstrip(",.;")
+        if bare == name:
+            leftover = " ".join(x for x in (first[len(bare):], rest) if x)
+            return vectors.clone(), bare, leftover
+        return stock_lookup(embedding_name)
+
+    return lookup
 
 
 class ComfyHost(Host):
@@ -166,6 +245,11 @@ class ComfyHost(Host):
             _normal_tensors(self.clip.cond_stage_model)
             with _differentiable_clip(self.clip.cond_stage_model):
                 yield
+
+    def checkpointing(self, enabled: bool):
+        if not enabled:
+            return contextlib.nullcontext()
+        return _checkpointed_blocks(self.model.model.diffusion_model)
 
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():  # latents are constants of the loss; the VAE's weights stay out of autograd

@@ -45,6 +45,7 @@ class CrossInitConfig:
     seed: int = 0
     save_every: int = 100
     preview_every: int = 20
+    gradient_checkpointing: bool = False
 
 
 #: 'fast-25' keeps the paper recipe and cuts the steps: the fast version's other settings are unpublished (spec §9).
@@ -122,7 +123,7 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
                                      "or enable 'resume' to continue its training.")
     word = f"<{name}>"
     templates = read_lines(TEMPLATES)
-    with host.training():
+    with host.training(), host.checkpointing(config.gradient_checkpointing):
         init = {k: cross_init_vectors(enc, names, config.num_vectors) for k, enc in host.encoders.items()}
         theta = {k: v.clone().to(host.device).requires_grad_(True) for k, v in init.items()}
         optimizer = torch.optim.AdamW(list(theta.values()), lr=config.lr, betas=(0.9, 0.999), eps=1e-8,

@@ -16,7 +16,7 @@ from ..errors import BadInputError, ModelFileError
 from ..files import atomic_write
 
 #: settings that may change between a run and its resume without changing the trajectory
-RESUMABLE_CHANGES = ("steps", "save_every", "preview_every")
+RESUMABLE_CHANGES = ("steps", "save_every", "preview_every", "gradient_checkpointing")
 
 
 def config_hash(config: Mapping[str, object]) -> str:

@@ -170,3 +170,54 @@ def test_cancel_saves_state_and_resume_finishes(comfy_env):
     ex, errors = comfy_env["run"](_graph(name="cancelme", resume=True))
     assert ex.success, errors
     assert (comfy_env["base"] / "embeddings" / "cancelme.safetensors").is_file()
+
+
+def _pack_module(name):
+    from importlib import import_module
+
+    pack = import_module(next(m for m in sys.modules if m.endswith("anybody") and hasattr(sys.modules[m], "NODE_CLASS_MAPPINGS")))
+    return sys.modules[f"{pack.__name__}.{name}"]
+
+
+def test_returned_clip_applies_the_identity_and_the_input_clip_is_untouched(comfy_env):
+    """Node called on host objects as the executor would (inference mode), with gradient checkpointing on."""
+    import comfy.sd
+    import folder_paths
+
+    model, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(
+        str(comfy_env["base"] / "checkpoints" / "tiny15.safetensors"), output_vae=True, output_clip=True,
+        embedding_directory=folder_paths.get_folder_paths("embeddings"))
+    encode = comfy_env["nodes"].CLIPTextEncode().encode
+    node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyCrossInitTrain"]()
+    images = torch.rand(2, 64, 64, 3)
+    with torch.inference_mode():
+        before = encode(clip, "a photo of <direct> person")[0][0][0]
+        out = node.train(model, clip, vae, images, "direct", "custom", 2, 0.005, 2, 1, 64, 0, 0, 0, False, False,
+                         "a photo of {} person", gradient_checkpointing=True)["result"]
+        identity, prompt, path, clip_out = out
+        with_word = encode(clip_out, "a photo of <direct> person")[0][0][0]
+        with_syntax = encode(clip_out, "a photo of embedding:direct person")[0][0][0]
+        stock = encode(clip, "a photo of embedding:direct person")[0][0][0]
+        after = encode(clip, "a photo of <direct> person")[0][0][0]
+        weighted = encode(clip_out, "a photo of (<direct>:1.2) person")[0][0][0]
+    assert torch.equal(before, after), "the input CLIP is not changed"
+    torch.testing.assert_close(with_word, stock)
+    torch.testing.assert_close(with_syntax, stock)
+    assert not torch.allclose(with_word, before)
+    assert not torch.allclose(weighted, with_word), "prompt weights still apply to the identity"
+    # the UNet's blocks are back to their class forward after checkpointed training
+    from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+    assert not any("forward" in vars(m) for m in model.model.diffusion_model.modules() if isinstance(m, ResBlock))
+
+
+def test_identity_of_another_family_is_refused_on_this_clip(comfy_env):
+    import comfy.sd
+
+    _, clip, _, _ = comfy.sd.load_checkpoint_guess_config(
+        str(comfy_env["base"] / "checkpoints" / "tiny15.safetensors"), output_vae=False, output_clip=True)
+    Identity = _pack_module("anybody.identity").Identity
+    clip_with_identity = _pack_module("anybody.host.comfy").clip_with_identity
+    sdxl = Identity("x", "sdxl", {"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)}, "test")
+    with pytest.raises(Exception, match="SDXL"):
+        clip_with_identity(clip, sdxl)

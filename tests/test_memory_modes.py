@@ -1,0 +1,78 @@
+"""The two memory savers: fp16 frozen weights with fp32 arithmetic (CPU), and gradient checkpointing."""
+import copy
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from anybody.host.half_weights import keep_weights_in_half
+from anybody.host.tiny import tiny_sd1_modules
+from anybody.methods import cross_init as ci
+
+FAST = ci.CrossInitConfig(steps=3, batch=2, resolution=64, save_every=0, preview_every=0)
+
+
+def _unet_pair():
+    unet = tiny_sd1_modules(seed=3)[0].eval().requires_grad_(False)
+    rounded = copy.deepcopy(unet)
+    for m in rounded.modules():  # the exact model the half-weight one computes: fp16-rounded weights, fp32 math
+        if type(m) in (nn.Linear, nn.Conv2d):
+            m.weight.data = m.weight.data.half().float()
+    half = copy.deepcopy(unet)
+    saved = keep_weights_in_half(half)
+    return rounded, half, saved
+
+
+def test_half_weights_compute_the_fp16_rounded_model_in_fp32_with_the_same_input_gradients():
+    rounded, half, saved = _unet_pair()
+    n_weights = sum(m.weight.numel() for m in rounded.modules() if type(m) in (nn.Linear, nn.Conv2d))
+    assert saved == 2 * n_weights
+    assert all(m.weight.dtype == torch.float16 for m in half.modules() if type(m) in (nn.Linear, nn.Conv2d))
+    assert all(p.dtype == torch.float32 for m in half.modules() if type(m) not in (nn.Linear, nn.Conv2d)
+               for p in m.parameters(recurse=False))
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 768, generator=g)
+    t = torch.tensor([10, 700])
+    outs, grads = [], []
+    for model in (rounded, half):
+        c = ctx.clone().requires_grad_(True)
+        out = model(x, t, encoder_hidden_states=c).sample
+        assert out.dtype == torch.float32
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append(c.grad)
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+    assert grads[0].abs().sum() > 0
+
+
+def test_half_weights_leave_trainable_layers_alone():
+    layer = nn.Linear(4, 4)
+    assert keep_weights_in_half(layer) == 0 and layer.weight.dtype == torch.float32
+
+
+def test_gradient_checkpointing_trains_the_same_vectors(host, faces, monkeypatch):
+    seen = []
+    predict = host.predict
+
+    def spy(*args):
+        seen.append(host.unet.is_gradient_checkpointing)
+        return predict(*args)
+
+    monkeypatch.setattr(host, "predict", spy)
+    plain, _ = ci.train_cross_init(host, faces, "plain", FAST)
+    ckpt, _ = ci.train_cross_init(host, faces, "ckpt", replace(FAST, gradient_checkpointing=True))
+    assert seen == [False] * FAST.steps + [True] * FAST.steps
+    torch.testing.assert_close(ckpt.vectors["clip_l"], plain.vectors["clip_l"], atol=1e-5, rtol=1e-4)
+    assert not host.unet.is_gradient_checkpointing, "checkpointing is switched off again after training"
+
+
+def test_gradient_checkpointing_does_not_change_the_resume_hash(host, faces, RecordingSink):
+    host.sink = RecordingSink(cancel_after=1)
+    try:
+        ci.train_cross_init(host, faces, "gc", FAST)
+    except KeyboardInterrupt:
+        pass
+    host.sink = RecordingSink()
+    ci.train_cross_init(host, faces, "gc", replace(FAST, gradient_checkpointing=True), resume=True)
+    assert host.sink.steps[0] == 2
