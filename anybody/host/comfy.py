@@ -193,14 +193,19 @@ def _tokenizer_with(tokenizer, identity):
 
 
 def _lookup_first(stock_lookup, name: str, vectors: torch.Tensor):
-    """Wrap ComfyUI's ``_try_get_embedding(text) -> (embed, name, leftover)`` to answer ``name`` first."""
+    """Wrap ComfyUI's ``_try_get_embedding``, answering ``name`` first.
+
+    It returns ``(embed, name, leftover)`` today and returned ``(embed, leftover)`` in 0.3.60; a probe for a
+    name no file can have tells which, so the wrapper answers in the host's own shape.
+    """
+    arity = len(stock_lookup("anybody-arity-probe\x00"))
 
     def lookup(embedding_name: str):
         first, _, rest = embedding_name.strip().partition(" ")
         bare = first.rstrip(",.;")
         if bare == name:
             leftover = " ".join(x for x in (first[len(bare):], rest) if x)
-            return vectors.clone(), bare, leftover
+            return (vectors.clone(), bare, leftover) if arity == 3 else (vectors.clone(), leftover)
         return stock_lookup(embedding_name)
 
     return lookup

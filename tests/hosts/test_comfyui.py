@@ -56,6 +56,7 @@ def comfy_env(tmp_path_factory):
 
     sys.argv = argv
     import folder_paths
+    import utils.extra_config  # noqa: F401  (as main.py does, before anything can shadow the 'utils' package)
 
     folder_paths.set_output_directory(str(base / "output"))
     folder_paths.set_input_directory(str(base / "input"))
@@ -82,12 +83,16 @@ def comfy_env(tmp_path_factory):
         def queue_updated(self):
             pass
 
+    import inspect
+
+    takes = inspect.signature(execution.PromptExecutor.__init__).parameters  # cache_size before 0.3.6x
+    cache = {"cache_args": {"lru": 0, "ram": 0, "ram_inactive": 0}} if "cache_args" in takes else {"cache_size": 0}
+
     def run(prompt):
         pid = str(uuid.uuid4())
         valid, err, outputs, node_errors = loop.run_until_complete(execution.validate_prompt(pid, prompt, None))
         assert valid, (err, node_errors)
-        ex = execution.PromptExecutor(Stub(), cache_type=execution.CacheType.CLASSIC,
-                                      cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+        ex = execution.PromptExecutor(Stub(), cache_type=execution.CacheType.CLASSIC, **cache)
         loop.run_until_complete(ex.execute_async(prompt, pid, {}, outputs))
         errors = [d for ev, d in ex.status_messages if ev in ("execution_error", "execution_interrupted")]
         return ex, errors
@@ -221,3 +226,82 @@ def test_identity_of_another_family_is_refused_on_this_clip(comfy_env):
     sdxl = Identity("x", "sdxl", {"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)}, "test")
     with pytest.raises(Exception, match="SDXL"):
         clip_with_identity(clip, sdxl)
+
+
+def _fill_random(module, seed):
+    """ComfyUI builds layers without initialising them; give them small random weights and unit norms."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in module.named_parameters():
+            if p.ndim > 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+            else:
+                p.fill_(1.0 if "norm" in n and n.endswith("weight") else 0.0)
+
+
+@pytest.fixture(scope="module")
+def sdxl_objects(comfy_env):
+    """ComfyUI's own SDXL classes: a narrow SDXL UNet (real 2048 context, 2816 ADM input) and the full-size
+    SDXL CLIP-L + CLIP-G, all random, built the way the checkpoint loader builds them."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.sdxl_clip
+    import comfy.supported_models
+    import comfy.supported_models_base
+    import folder_paths
+
+    unet_config = {"model_channels": 32, "use_linear_in_transformer": True, "transformer_depth": [0, 1],
+                   "transformer_depth_output": [0, 0, 1, 1], "transformer_depth_middle": 1, "channel_mult": [1, 2],
+                   "num_res_blocks": [1, 1], "context_dim": 2048, "adm_in_channels": 2816, "num_head_channels": 16,
+                   "num_classes": "sequential", "use_spatial_transformer": True, "legacy": False, "in_channels": 4,
+                   "out_channels": 4, "image_size": 32, "use_temporal_attention": False,
+                   "use_temporal_resblock": False}
+    config = comfy.supported_models.SDXL(unet_config)
+    config.set_inference_dtype(torch.float32, None)
+    base = config.get_model({}, "")
+    _fill_random(base, 1)
+    model = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    target = comfy.supported_models_base.ClipTarget(comfy.sdxl_clip.SDXLTokenizer, comfy.sdxl_clip.SDXLClipModel)
+    clip = comfy.sd.CLIP(target=target, embedding_directory=folder_paths.get_folder_paths("embeddings"))
+    _fill_random(clip.cond_stage_model, 2)
+    _, _, vae, _ = comfy.sd.load_checkpoint_guess_config(
+        str(comfy_env["base"] / "checkpoints" / "tiny15.safetensors"), output_vae=True, output_clip=False)
+    return model, clip, vae
+
+
+def test_sdxl_training_writes_clip_l_and_clip_g_and_the_stock_encoder_reads_them(comfy_env, sdxl_objects):
+    from safetensors.torch import load_file
+
+    model, clip, vae = sdxl_objects
+    node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyCrossInitTrain"]()
+    encode = comfy_env["nodes"].CLIPTextEncode().encode
+    with torch.inference_mode():
+        out = node.train(model, clip, vae, torch.rand(1, 64, 64, 3), "xlface", "custom", 2, 0.005, 2, 1, 64, 0, 0, 0,
+                         False, False, "a photo of {} person")["result"]
+        identity, prompt, path, clip_out = out
+        stock = encode(clip, "a photo of embedding:xlface person")[0][0]
+        plain = encode(clip, "a photo of person")[0][0]
+        with_word = encode(clip_out, "a photo of <xlface> person")[0][0]
+    stored = load_file(path)
+    assert {k: tuple(v.shape) for k, v in stored.items()} == {"clip_l": (2, 768), "clip_g": (2, 1280)}
+    assert stock[0].shape == (1, 77, 2048) and stock[1]["pooled_output"].shape == (1, 1280)
+    assert not torch.allclose(stock[0], plain[0])
+    torch.testing.assert_close(with_word[0], stock[0])
+    torch.testing.assert_close(with_word[1]["pooled_output"], stock[1]["pooled_output"])
+    # the stock path equals our differentiable injection path, context and pooled
+    host = _pack_module("anybody.host.comfy").ComfyHost(model, clip, vae)
+    with torch.no_grad():
+        ours = host.encode_prompts(["a photo of <x> person"], {"<x>": dict(stored)})
+    torch.testing.assert_close(ours.context.float().cpu(), stock[0].float().cpu(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.pooled.float().cpu(), stock[1]["pooled_output"].float().cpu(), atol=1e-4, rtol=1e-4)
+
+
+def test_sdxl_identity_on_the_sd15_clip_and_sd15_clip_on_the_sdxl_model_are_refused(comfy_env, sdxl_objects):
+    import comfy.sd
+
+    model, clip, vae = sdxl_objects
+    _, clip15, _, _ = comfy.sd.load_checkpoint_guess_config(
+        str(comfy_env["base"] / "checkpoints" / "tiny15.safetensors"), output_vae=False, output_clip=True)
+    with pytest.raises(Exception, match="CLIP is SD1.x.*MODEL expects 2048"):
+        _pack_module("anybody.host.comfy").ComfyHost(model, clip15, vae)
