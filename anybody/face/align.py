@@ -1,0 +1,87 @@
+"""Similarity alignment of a face to a template crop, and the way back onto the source image.
+
+The transform is the least-squares similarity (rotation, uniform scale, translation) from the five detected
+landmarks to the template, estimated with scikit-image as insightface's ``face_align`` and the papers' data
+preparation do; warping is OpenCV's bilinear ``warpAffine`` with a black border. ``M`` (2x3) maps source pixels
+to crop pixels; it is what ANYBODY_FACES stores, so any crop can be pasted back.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .templates import Template
+
+
+def similarity_matrix(landmarks: np.ndarray, tpl: Template) -> np.ndarray:
+    """``M [2,3]`` (float64) taking ``landmarks [5,2]`` (source pixels) as close as possible to the template."""
+    from skimage.transform import SimilarityTransform
+
+    src = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+    if hasattr(SimilarityTransform, "from_estimate"):  # scikit-image >= 0.26
+        tform = SimilarityTransform.from_estimate(src, tpl.points)
+    else:
+        tform = SimilarityTransform()
+        tform.estimate(src, tpl.points)
+    return np.asarray(tform.params[:2], dtype=np.float64)
+
+
+def warp_to_crop(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """The ``size x size`` crop of ``image`` ([H,W,C] uint8/float32) under ``matrix``."""
+    import cv2
+
+    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=0.0)
+
+
+def invert(matrix: np.ndarray) -> np.ndarray:
+    """The 2x3 matrix mapping crop pixels back to source pixels."""
+    full = np.vstack([matrix, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(full)[:2]
+
+
+def apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return pts @ matrix[:, :2].T + matrix[:, 2]
+
+
+def paste_back(source: np.ndarray, crop: np.ndarray, matrix: np.ndarray, mask: np.ndarray | None = None,
+               ) -> np.ndarray:
+    """Put an (edited) crop back where it came from. ``mask`` ([S,S] 0..1, crop space) limits and feathers it;
+    without one the whole crop square is used. Returns float32 in the source's value range."""
+    import cv2
+
+    h, w = source.shape[:2]
+    size = crop.shape[0]
+    if mask is None:
+        mask = np.ones((size, size), np.float32)
+    back = cv2.warpAffine(crop.astype(np.float32), matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    alpha = cv2.warpAffine(mask.astype(np.float32), matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+    if back.ndim == 3:
+        alpha = alpha[..., None]
+    return source.astype(np.float32) * (1 - alpha) + back * alpha
+
+
+def landmark_mask(landmarks_in_crop: np.ndarray, size: int, feather: float = 0.08) -> np.ndarray:
+    """A soft ellipse over the face in crop space ([S,S] float32 0..1), from the five landmarks alone.
+
+    Centred between the eyes and the mouth, 1.1 eye-to-mouth distances tall and two eye distances wide: a
+    cheap face region for blending and loss weighting where no parsing model is loaded.
+    """
+    pts = np.asarray(landmarks_in_crop, dtype=np.float64).reshape(5, 2)
+    eyes, mouth = pts[:2].mean(0), pts[3:].mean(0)
+    centre = (eyes + mouth) / 2
+    up = eyes - mouth
+    height = np.linalg.norm(up)
+    width = np.linalg.norm(pts[1] - pts[0])
+    if height < 1e-6 or width < 1e-6:
+        return np.zeros((size, size), np.float32)
+    ay, ax = 1.1 * height, 1.0 * width  # semi-axes
+    angle = np.arctan2(up[0], -up[1])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    dx, dy = xx - centre[0], yy - centre[1]
+    c, s = np.cos(angle), np.sin(angle)
+    u, v = c * dx + s * dy, -s * dx + c * dy
+    r = np.sqrt((u / ax) ** 2 + (v / ay) ** 2)
+    return np.clip((1 + feather - r) / (2 * feather), 0, 1).astype(np.float32)
