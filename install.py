@@ -2,7 +2,9 @@
 
 Installs only what is missing, never upgrades or reinstalls what the host owns (torch, torchvision, gradio,
 transformers), picks onnxruntime-gpu only where CUDA is present, and never installs both onnxruntime
-packages. Fast when everything is present: it asks pip for nothing.
+packages. insightface is installed without its declared dependencies, then with them minus onnxruntime and
+opencv (it asks for the CPU onnxruntime and for opencv-python, which would sit beside onnxruntime-gpu or
+opencv-python-headless and break both). Fast when everything is present: it asks pip for nothing.
 
     python install.py          # what the nodes need inside ComfyUI / A1111
     python install.py --cli    # + diffusers/transformers for `python -m anybody` outside a UI
@@ -16,11 +18,12 @@ import subprocess
 import sys
 import tempfile
 
-CORE = ["safetensors>=0.4", "numpy", "pillow"]
+CORE = ["safetensors>=0.4", "numpy", "pillow", "scikit-image"]
 CLI = ["diffusers>=0.30", "transformers>=4.40"]
-DEV = ["pytest>=7"]
+DEV = ["pytest>=7", "onnx"]
 HOST_OWNED = ("torch", "torchvision", "torchaudio", "gradio", "fastapi", "pydantic", "transformers", "numpy", "pillow")
 ONNX_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
+CV2_PACKAGES = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
 
 
 def installed(dist: str) -> str | None:
@@ -43,6 +46,21 @@ def onnxruntime_choice(cuda_available: bool) -> str | None:
     return "onnxruntime-gpu" if cuda_available else "onnxruntime"
 
 
+def opencv_choice() -> str | None:
+    """opencv-python unless some OpenCV distribution is already there (two of them overwrite each other)."""
+    return None if any(installed(p) for p in CV2_PACKAGES) else "opencv-python"
+
+
+def insightface_requirements() -> list[str]:
+    """insightface's declared runtime requirements, without extras and without the ORT/OpenCV families."""
+    try:
+        reqs = md.requires("insightface") or []
+    except md.PackageNotFoundError:
+        return []
+    keep = [r for r in reqs if "extra ==" not in r and requirement_name(r).lower() not in ONNX_PACKAGES + CV2_PACKAGES]
+    return missing([r.split(";")[0].strip() for r in keep])
+
+
 def cuda_available() -> bool:
     try:
         import torch
@@ -56,13 +74,14 @@ def missing(requirements: list[str]) -> list[str]:
     return [r for r in requirements if installed(requirement_name(r)) is None]
 
 
-def pip_install(packages: list[str]) -> None:
+def pip_install(packages: list[str], no_deps: bool = False) -> None:
     """Install with the host's own pip; a constraints file pins what the host owns so pip cannot move it."""
     pins = [f"{name}=={installed(name)}" for name in HOST_OWNED if installed(name)]
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(pins) + "\n")
     try:
-        cmd = [sys.executable, "-m", "pip", "install", "--upgrade-strategy", "only-if-needed", "-c", f.name, *packages]
+        cmd = [sys.executable, "-m", "pip", "install", "--upgrade-strategy", "only-if-needed", "-c", f.name,
+               *(["--no-deps"] if no_deps else []), *packages]
         print("[Anybody] installing:", " ".join(packages), flush=True)
         subprocess.check_call(cmd)
     finally:
@@ -76,6 +95,9 @@ def plan(with_cli: bool, with_dev: bool, onnx: bool, cuda: bool) -> list[str]:
         choice = onnxruntime_choice(cuda)
         if choice:
             todo.append(choice)
+    cv2 = opencv_choice()
+    if cv2:
+        todo.append(cv2)
     return todo
 
 
@@ -87,7 +109,12 @@ def main(argv: list[str]) -> int:
     todo = plan("--cli" in argv, "--dev" in argv, onnx="--no-onnx" not in argv, cuda=cuda_available())
     if todo:
         pip_install(todo)
-    else:
+    if installed("insightface") is None:
+        pip_install(["insightface"], no_deps=True)
+    extra = insightface_requirements()
+    if extra:
+        pip_install(extra)
+    if not todo and not extra:
         print("[Anybody] all requirements present.")
     return 0
 

@@ -78,6 +78,54 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_align(args) -> int:
+    import json
+
+    from .face.models import load_face_models
+    from .face.pipeline import align_one, reference_embedding
+    from .face.templates import template
+    from .files import atomic_write
+    from .images import image_files, read_image_uint8
+
+    tpl = template(args.template)
+    files = image_files(args.input)
+    out = Path(args.output)
+    models = load_face_models(args.pack, [Path(args.models_root).expanduser()], args.provider)
+    reference = None
+    if args.select == "most_similar":
+        if not args.reference:
+            raise AnybodyError("--select most_similar needs --reference PHOTO")
+        reference = reference_embedding(models, read_image_uint8(args.reference))
+    records, skipped = [], []
+    no_face = "pass_through" if args.if_no_face == "pass_through" else "error"
+    for i, path in enumerate(files):
+        image = read_image_uint8(path)
+        try:
+            aligned = align_one(models, image, tpl, args.select, args.index, reference, no_face, i)
+        except AnybodyError as exc:
+            if args.if_no_face != "skip" or "No face found" not in str(exc):
+                raise
+            skipped.append(path.name)
+            print(f"skipped {path.name}: no face", file=sys.stderr)
+            continue
+        target = out / f"{path.stem}.png"
+        atomic_write(target, lambda tmp, a=aligned: _save_png(a.crop, tmp), overwrite=args.overwrite)
+        records.append({"file": path.name, "crop": target.name, **aligned.record()})
+        print(f"{path.name} -> {target}", flush=True)
+    summary = {"template": tpl.name, "size": tpl.size, "models": models.describe(), "faces": records,
+               "skipped": skipped}
+    atomic_write(out / "landmarks.json", lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=1)),
+                 overwrite=True)
+    print(f"{len(records)} crop(s) and landmarks.json in {out}" + (f"; {len(skipped)} skipped" if skipped else ""))
+    return 0
+
+
+def _save_png(array, path) -> None:
+    from PIL import Image
+
+    Image.fromarray(array).save(path, format="PNG")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m anybody", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,11 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--images", required=True, help="a folder of face photos, or one photo")
     ci.add_argument("--name", required=True, help="identity name: writes <out>/embeddings/<name>.safetensors")
     ci.add_argument("--low-memory", action="store_true",
-                    help="CPU: keep UNet weights in fp16 and compute in fp32 (about 1.6 GiB less for SD1.5, slower)")
+                    help="CPU: keep frozen UNet weights in fp16, compute in fp32 (SD1.5: 1.6 GiB less, same speed)")
     ci.add_argument("--prediction", choices=["eps", "v"], default=None,
                     help="v for v-prediction checkpoints such as SD2.x-768 (default: eps)")
     _add_train_options(ci)
     ci.set_defaults(func=cmd_train_cross_init)
+    al = sub.add_parser("align", help="detect and align faces: writes crops and landmarks.json")
+    al.add_argument("input", help="a folder of photos, or one photo")
+    al.add_argument("output", help="folder for <photo>.png crops and landmarks.json")
+    al.add_argument("--template", default="ffhq512", help="ffhq256 | ffhq512 | ffhq1024 | arcface112")
+    al.add_argument("--pack", default="antelopev2", help="insightface model pack (default antelopev2)")
+    al.add_argument("--models-root", default="~/.insightface",
+                    help="folder holding models/<pack>/*.onnx (default ~/.insightface, insightface's own)")
+    al.add_argument("--provider", default="auto", choices=["auto", "CPU", "CUDA"])
+    al.add_argument("--select", default="largest", choices=["largest", "index", "most_similar"])
+    al.add_argument("--index", type=int, default=0, help="with --select index: 0 is the leftmost face")
+    al.add_argument("--reference", help="with --select most_similar: a photo of the person")
+    al.add_argument("--if-no-face", default="skip", choices=["skip", "error", "pass_through"])
+    al.add_argument("--overwrite", action="store_true", help="replace crops already in the output folder")
+    al.set_defaults(func=cmd_align)
     return parser
 
 

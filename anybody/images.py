@@ -24,24 +24,26 @@ def image_files(source: str | Path) -> list[Path]:
     return files
 
 
-def load_images(paths: Iterable[Path]) -> list[torch.Tensor]:
-    """Decode each file to ``[H,W,3]`` float 0..1; a file that is not an image is an error naming it."""
+def read_image_uint8(path: str | Path):
+    """Decode one file to ``[H,W,3]`` uint8 RGB (numpy): EXIF rotation applied, 16-bit scaled down, alpha and
+    palettes dropped. A file that is not an image (corrupt, empty, wrong format) is an error naming it."""
+    import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    out = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                im = ImageOps.exif_transpose(im)
-                if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    im = im.point(lambda v: v / 256).convert("L")
-                rgb = im.convert("RGB")
-                data = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-                out.append(data.view(rgb.height, rgb.width, 3).float() / 255.0)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise BadInputError(f"{p} is not a readable image ({exc.__class__.__name__}). Remove it or convert it "
-                                "to PNG/JPEG.") from exc
-    return out
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                im = im.point(lambda v: v / 256).convert("L")
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadInputError(f"{path} is not a readable image ({exc.__class__.__name__}). Remove it or convert it "
+                            "to PNG/JPEG.") from exc
+
+
+def load_images(paths: Iterable[Path]) -> list[torch.Tensor]:
+    """Decode each file to ``[H,W,3]`` float 0..1; a file that is not an image is an error naming it."""
+    return [torch.from_numpy(read_image_uint8(p)).float() / 255.0 for p in paths]
 
 
 def check_images(images: Sequence[torch.Tensor] | torch.Tensor) -> None:

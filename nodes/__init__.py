@@ -1,5 +1,14 @@
 """ComfyUI nodes: thin layers from sockets to the core and back. One module per capability."""
 from .cross_init import AnybodyCrossInitTrain
+from .face import AnybodyFaceAlign, AnybodyFaceModelLoader
 
-NODE_CLASS_MAPPINGS = {"AnybodyCrossInitTrain": AnybodyCrossInitTrain}
-NODE_DISPLAY_NAME_MAPPINGS = {"AnybodyCrossInitTrain": "CrossInitTrain (Anybody)"}
+NODE_CLASS_MAPPINGS = {
+    "AnybodyCrossInitTrain": AnybodyCrossInitTrain,
+    "AnybodyFaceModelLoader": AnybodyFaceModelLoader,
+    "AnybodyFaceAlign": AnybodyFaceAlign,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "AnybodyCrossInitTrain": "CrossInitTrain (Anybody)",
+    "AnybodyFaceModelLoader": "FaceModelLoader (Anybody)",
+    "AnybodyFaceAlign": "FaceAlign (Anybody)",
+}

@@ -20,7 +20,7 @@ def test_onnxruntime_choice(monkeypatch, present, cuda, expect):
 
 def test_nothing_to_do_when_everything_is_present(monkeypatch):
     monkeypatch.setattr(install, "installed", lambda d: "1.0")
-    monkeypatch.setattr(install, "pip_install", lambda pkgs: pytest.fail(f"pip was asked for {pkgs}"))
+    monkeypatch.setattr(install, "pip_install", lambda pkgs, **kw: pytest.fail(f"pip was asked for {pkgs}"))
     assert install.main(["--dev"]) == 0
 
 
@@ -41,3 +41,26 @@ def test_plan_never_lists_torch(monkeypatch):
     todo = install.plan(True, True, onnx=True, cuda=False)
     assert not any(install.requirement_name(r) in ("torch", "gradio") for r in todo)
     assert sum(r.startswith("onnxruntime") for r in todo) == 1
+
+
+@pytest.mark.parametrize("present,expect", [({}, "opencv-python"), ({"opencv-python-headless": "4.10"}, None),
+                                            ({"opencv-contrib-python": "4.10"}, None)])
+def test_opencv_is_added_only_when_no_opencv_is_there(monkeypatch, present, expect):
+    monkeypatch.setattr(install, "installed", lambda d: present.get(d))
+    assert install.opencv_choice() == expect
+
+
+def test_insightface_comes_without_its_onnxruntime_and_opencv_pins(monkeypatch):
+    """insightface asks for the CPU onnxruntime and opencv-python; beside onnxruntime-gpu that breaks CUDA."""
+    declared = ["numpy", "onnx>=1.13", "onnxruntime", "opencv-python", "scikit-image", "tqdm",
+                'albumentations; extra == "face3d"']
+    present = {"onnxruntime-gpu": "1.20", "opencv-python-headless": "4.10", "numpy": "2.0", "torch": "2.4"}
+    monkeypatch.setattr(install.md, "requires", lambda dist: declared)
+    monkeypatch.setattr(install, "installed", lambda d: present.get(d))
+    calls = []
+    monkeypatch.setattr(install, "pip_install", lambda pkgs, no_deps=False: calls.append((pkgs, no_deps)))
+    assert install.main([]) == 0
+    assert (["insightface"], True) in calls
+    asked = [p for pkgs, _ in calls for p in pkgs]
+    assert "onnx>=1.13" in asked and "scikit-image" in asked and "tqdm" in asked
+    assert not any(install.requirement_name(p).startswith(("onnxruntime", "opencv", "albumentations")) for p in asked)

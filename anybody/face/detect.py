@@ -11,10 +11,13 @@ from .models import FaceModels
 #: detector input sizes tried in turn until a face is found: faces that fill the frame, or tiny ones, are
 #: missed at one size and found at another (the retry InstantID, PuLID and IPAdapter users rely on)
 DETECTION_SIZES = (640, 512, 384, 256)
+#: larger photos are detected on a copy of this long side (the detector sees at most 640 px anyway), so a huge
+#: image never gets a second full-size copy; landmarks are scaled back to the original pixels
+DETECT_MAX_SIDE = 2048
 SELECT_MODES = ("largest", "index", "most_similar")
 
 
-@dataclass
+@dataclass(eq=False)
 class Face:
     box: np.ndarray  # [4] x1, y1, x2, y2 in source pixels
     landmarks: np.ndarray  # [5, 2] source pixels: left eye, right eye, nose, left/right mouth corner
@@ -27,6 +30,15 @@ class Face:
 
 def detect_faces(models: FaceModels, image: np.ndarray, sizes=DETECTION_SIZES) -> list[Face]:
     """All faces in ``image`` ([H,W,3] RGB uint8), left to right; empty if none at any detector size."""
+    h, w = image.shape[:2]
+    back = np.ones(2)  # detector pixels -> source pixels (x, y)
+    if max(h, w) > DETECT_MAX_SIDE:
+        import cv2
+
+        scale = DETECT_MAX_SIDE / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        back = np.array([w / size[0], h / size[1]])
     bgr = np.ascontiguousarray(image[..., ::-1])
     for size in sizes:
         boxes, kpss = models.detector.detect(bgr, input_size=(size, size), max_num=0)
@@ -34,7 +46,8 @@ def detect_faces(models: FaceModels, image: np.ndarray, sizes=DETECTION_SIZES) -
             raise BadInputError(f"The detector {models.detector.model_file} gives no landmarks; use a pack with a "
                                 "5-point detector (scrfd_*_bnkps / det_10g).")
         if len(boxes):
-            faces = [Face(b[:4].astype(np.float64), k.astype(np.float64), float(b[4])) for b, k in zip(boxes, kpss)]
+            faces = [Face(b[:4].astype(np.float64) * np.tile(back, 2), k.astype(np.float64) * back, float(b[4]))
+                     for b, k in zip(boxes, kpss)]
             return sorted(faces, key=lambda f: (f.box[0], f.box[1]))
     return []
 

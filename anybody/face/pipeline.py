@@ -51,6 +51,8 @@ def to_uint8(image) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise BadInputError(f"An image has shape {tuple(arr.shape)}; expected [height, width, channels].")
     h, w, c = arr.shape
+    if arr.dtype == np.uint8 and c == 3:
+        return np.ascontiguousarray(arr)  # no copy for the common case
     out = np.empty((h, w, 3), np.uint8)
     for y in range(0, h, 1024):
         block = arr[y:y + 1024]
@@ -107,7 +109,7 @@ def align_one(models: FaceModels, image: np.ndarray, tpl: Template, select: str 
     face = select_face(faces, select, index, similarities)
     m = similarity_matrix(face.landmarks, tpl)
     crop = warp_to_crop(image, m, tpl.size)
-    sim = float(similarities[faces.index(face)]) if similarities is not None else None
+    sim = float(similarities[[f is face for f in faces].index(True)]) if similarities is not None else None
     return AlignedFace(crop, landmark_mask(apply(m, face.landmarks), tpl.size), m, source_index, (h, w), tpl.name,
                        face, sim)
 

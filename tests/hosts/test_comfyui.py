@@ -64,6 +64,7 @@ def comfy_env(tmp_path_factory):
     folder_paths.folder_names_and_paths["checkpoints"] = ([str(base / "checkpoints")], {".safetensors"})
     folder_paths.folder_names_and_paths["embeddings"] = ([str(base / "embeddings")], {".safetensors", ".pt"})
     folder_paths.folder_names_and_paths["custom_nodes"] = ([str(base / "custom_nodes")], set())
+    folder_paths.add_model_folder_path("insightface", str(base / "insightface"))  # as extra_model_paths.yaml does
     import execution
     import nodes
     import server
@@ -305,3 +306,40 @@ def test_sdxl_identity_on_the_sd15_clip_and_sd15_clip_on_the_sdxl_model_are_refu
         str(comfy_env["base"] / "checkpoints" / "tiny15.safetensors"), output_vae=False, output_clip=True)
     with pytest.raises(Exception, match="CLIP is SD1.x.*MODEL expects 2048"):
         _pack_module("anybody.host.comfy").ComfyHost(model, clip15, vae)
+
+
+def test_face_nodes_find_the_pack_via_extra_paths_and_align_in_the_executor(comfy_env):
+    pytest.importorskip("insightface")
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from face_onnx import build_pack, paint_face
+
+    base = comfy_env["base"]
+    build_pack(base / "insightface", "testpack")
+    photo = np.full((480, 640, 3), 120, np.uint8)
+    paint_face(photo, 320, 240, blue=128)
+    Image.fromarray(photo).save(base / "input" / "painted.png")
+    loader = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyFaceModelLoader"]
+    assert "testpack" in loader.INPUT_TYPES()["required"]["pack"][0]
+
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "painted.png"}},
+             "2": {"class_type": "AnybodyFaceModelLoader", "inputs": {"pack": "testpack", "provider": "CPU", "det_size": 640}},
+             "3": {"class_type": "AnybodyFaceAlign", "inputs": {"face_model": ["2", 0], "images": ["1", 0],
+                                                               "template": "ffhq256", "face": "largest", "index": 0,
+                                                               "if_no_face": "error"}},
+             "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "aligned"}},
+             "5": {"class_type": "MaskToImage", "inputs": {"mask": ["3", 1]}},
+             "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "facemask"}}}
+    ex, errors = comfy_env["run"](graph)
+    assert ex.success, errors
+    assert ex.history_result["outputs"]["3"]["text"] == ["1/1 face(s) aligned to ffhq256 (256x256)"]
+    (saved,) = ex.history_result["outputs"]["4"]["images"]
+    assert Image.open(base / "output" / saved["filename"]).size == (256, 256)
+
+    graph["2"]["inputs"]["pack"] = "antelopev2"  # not installed: the error names the folder and the files
+    ex, errors = comfy_env["run"](graph)
+    assert not ex.success
+    message = errors[0]["exception_message"]
+    assert str(base / "insightface" / "models" / "antelopev2") in message and "scrfd_10g_bnkps.onnx" in message
