@@ -10,27 +10,33 @@ from ..anybody.face.detect import SELECT_MODES
 from ..anybody.face.templates import TEMPLATES
 
 FOLDER = "insightface"
+PARSING_FOLDER = "face_parsing"
+PARSING_EXTENSIONS = {".pth", ".pt", ".safetensors"}
 
 
-def _register_folder() -> None:
-    """models/insightface as a ComfyUI model folder, added (never replacing what extra_model_paths.yaml set)."""
+def _register_folders() -> None:
+    """models/insightface and models/face_parsing as ComfyUI model folders, added to (never replacing) what
+    extra_model_paths.yaml set."""
     try:
         import folder_paths
     except ImportError:  # not inside ComfyUI
         return
-    default = os.path.join(folder_paths.models_dir, FOLDER)
-    if default not in folder_paths.folder_names_and_paths.get(FOLDER, ([], set()))[0]:
-        folder_paths.add_model_folder_path(FOLDER, default)
+    for name in (FOLDER, PARSING_FOLDER):
+        default = os.path.join(folder_paths.models_dir, name)
+        if default not in folder_paths.folder_names_and_paths.get(name, ([], set()))[0]:
+            folder_paths.add_model_folder_path(name, default)
+    paths, extensions = folder_paths.folder_names_and_paths[PARSING_FOLDER]
+    extensions.update(PARSING_EXTENSIONS)
 
 
 def insightface_roots() -> list[str]:
     import folder_paths
 
-    _register_folder()
+    _register_folders()
     return list(folder_paths.get_folder_paths(FOLDER))
 
 
-_register_folder()
+_register_folders()
 
 
 class AnybodyFaceModelLoader:
@@ -112,3 +118,97 @@ class AnybodyFaceAlign:
         found = sum(a.face is not None for a in aligned)
         summary = f"{found}/{len(aligned)} face(s) aligned to {TEMPLATES[template].label}"
         return {"ui": {"text": [summary]}, "result": (crops, masks, [a.record() for a in aligned])}
+
+
+class AnybodyFaceParse:
+    CATEGORY = "Anybody/face"
+    FUNCTION = "parse"
+    RETURN_TYPES = ("MASK", "IMAGE")
+    RETURN_NAMES = ("mask", "labels")
+    OUTPUT_TOOLTIPS = ("pixels of the chosen classes (inside each face box when 'faces' is connected)",
+                       "colour-coded class map, for checking")
+    DESCRIPTION = ("BiSeNet face parsing (79999_iter.pth from face-parsing.PyTorch, in models/face_parsing). "
+                   "Classes 1-13 inside the face box is the face region MagiCapture trains with.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        import folder_paths
+
+        _register_folders()
+        files = folder_paths.get_filename_list(PARSING_FOLDER) or ["79999_iter.pth"]
+        return {
+            "required": {
+                "parsing_model": (files, {"tooltip": "put 79999_iter.pth into models/face_parsing"}),
+                "images": ("IMAGE",),
+                "classes": ("STRING", {"default": "1-13", "tooltip": "0 background, 1 skin, 2-3 brows, 4-5 eyes, 6 "
+                                       "glasses, 7-8 ears, 9 earring, 10 nose, 11 mouth, 12-13 lips, 14 neck, 15 "
+                                       "necklace, 16 cloth, 17 hair, 18 hat; ranges and names work"}),
+            },
+            "optional": {"faces": ("ANYBODY_FACES", {"tooltip": "from FaceAlign on the same images: parse each "
+                                                              "face box only, as MagiCapture does"})},
+        }
+
+    def parse(self, parsing_model, images, classes, faces=None):
+        import comfy.model_management as mm
+        import comfy.utils
+        import folder_paths
+        import numpy as np
+        import torch
+
+        from ..anybody.errors import ModelFileError
+        from ..anybody.face.parse import colourise, parse_classes, parse_labels, region_mask
+        from ..anybody.face.pipeline import to_uint8
+        from ..anybody.nets.bisenet import SOURCE, load_bisenet
+
+        wanted = parse_classes(classes)
+        path = folder_paths.get_full_path(PARSING_FOLDER, parsing_model)
+        if path is None:
+            where = ", ".join(folder_paths.get_folder_paths(PARSING_FOLDER))
+            raise ModelFileError(f"Face parsing weights '{parsing_model}' not found in {where}. Get 79999_iter.pth "
+                                 f"from {SOURCE} and put it there.")
+        if faces is not None and len(faces) != len(images):
+            raise ModelFileError(f"'faces' describes {len(faces)} image(s) but {len(images)} were connected; connect "
+                                 "the same images FaceAlign saw.")
+        device = mm.get_torch_device()
+        net = load_bisenet(path).to(device)
+        bar = comfy.utils.ProgressBar(len(images))
+        masks, previews = [], []
+        for i, image in enumerate(images):
+            mm.throw_exception_if_processing_interrupted()
+            rgb = to_uint8(image)
+            box = faces[i]["box"] if faces is not None else None
+            if faces is not None and not faces[i]["found"]:
+                masks.append(np.zeros(rgb.shape[:2], np.float32))
+            else:
+                masks.append(region_mask(net, rgb, wanted, box, device))
+            previews.append(colourise(parse_labels(net, rgb, device)))
+            bar.update_absolute(i + 1, len(images))
+        return (torch.from_numpy(np.stack(masks)), torch.from_numpy(np.stack(previews)).float() / 255.0)
+
+
+class AnybodyIdentityScore:
+    CATEGORY = "Anybody/face"
+    FUNCTION = "score"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("FLOAT", "STRING", "IMAGE")
+    RETURN_NAMES = ("score", "scores", "plot")
+    OUTPUT_TOOLTIPS = ("mean cosine similarity of the generated faces to the reference (-1..1; same person is "
+                       "usually above ~0.4 with ArcFace models)", "one line per image", "bar chart")
+    DESCRIPTION = "Identity similarity between faces in generated images and reference photos, with the loaded recognizer."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"face_model": ("ANYBODY_FACE_MODEL",), "images": ("IMAGE",), "reference": ("IMAGE",)}}
+
+    def score(self, face_model, images, reference):
+        import numpy as np
+        import torch
+
+        from ..anybody.face.score import identity_scores, score_plot, summarize
+
+        scores = identity_scores(face_model, list(images), list(reference))
+        found = [s for s in scores if s is not None]
+        mean = float(np.mean(found)) if found else 0.0
+        lines = "\n".join(f"image {i + 1}: {'no face' if s is None else f'{s:.4f}'}" for i, s in enumerate(scores))
+        plot = torch.from_numpy(score_plot(scores)).float()[None] / 255.0
+        return {"ui": {"text": [summarize(scores)]}, "result": (mean, lines, plot)}

@@ -319,3 +319,27 @@ def test_cli_align_writes_crops_and_landmarks_json(pack_root, tmp_path):
     assert Image.open(tmp_path / "out" / "a.png").size == (112, 112)
     assert main(["align", str(photos), str(tmp_path / "out"), "--pack", "nosuchpack",
                  "--models-root", str(pack_root)]) == 2
+
+
+def test_identity_score_is_cosine_to_the_reference_and_none_without_a_face(models):
+    from anybody.face.detect import embed_aligned
+    from anybody.face.pipeline import _arcface_crop
+    from anybody.face.score import identity_scores, score_plot, summarize
+
+    image = _textured_faces(1, 2)
+    reference = _canvas(seed=3)
+    reference[288:416, 288:416] = image[96:224, 96:224]  # the left face
+    other = _textured_faces(7, 8)
+    blank = _canvas(seed=11)
+    scores = identity_scores(models, [image, other, blank], [reference])
+    assert scores[0] > 0.99 and scores[2] is None
+    # the second image's score is exactly the best cosine of its faces to the reference embedding
+    ref_face = detect_faces(models, reference)[0]
+    ref = embed_aligned(models, [_arcface_crop(reference, ref_face)])[0]
+    emb = embed_aligned(models, [_arcface_crop(other, f) for f in detect_faces(models, other)])
+    assert scores[1] == pytest.approx(float((emb @ ref).max()), abs=1e-6) and scores[1] < 0.99
+    assert "1 image(s) without a face" in summarize(scores)
+    plot = score_plot(scores)
+    assert plot.shape == (192, 512, 3) and plot.dtype == np.uint8
+    with pytest.raises(BadInputError, match="reference"):
+        identity_scores(models, [image], [])

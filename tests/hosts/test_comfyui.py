@@ -65,6 +65,7 @@ def comfy_env(tmp_path_factory):
     folder_paths.folder_names_and_paths["embeddings"] = ([str(base / "embeddings")], {".safetensors", ".pt"})
     folder_paths.folder_names_and_paths["custom_nodes"] = ([str(base / "custom_nodes")], set())
     folder_paths.add_model_folder_path("insightface", str(base / "insightface"))  # as extra_model_paths.yaml does
+    folder_paths.add_model_folder_path("face_parsing", str(base / "face_parsing"))
     import execution
     import nodes
     import server
@@ -182,7 +183,7 @@ def _pack_module(name):
     from importlib import import_module
 
     pack = import_module(next(m for m in sys.modules if m.endswith("anybody") and hasattr(sys.modules[m], "NODE_CLASS_MAPPINGS")))
-    return sys.modules[f"{pack.__name__}.{name}"]
+    return import_module(f"{pack.__name__}.{name}")  # the pack's own copy of the module, imported if need be
 
 
 def test_returned_clip_applies_the_identity_and_the_input_clip_is_untouched(comfy_env):
@@ -338,6 +339,27 @@ def test_face_nodes_find_the_pack_via_extra_paths_and_align_in_the_executor(comf
     (saved,) = ex.history_result["outputs"]["4"]["images"]
     assert Image.open(base / "output" / saved["filename"]).size == (256, 256)
 
+    # parsing inside the face boxes FaceAlign found, and the identity score of the photo against itself
+    (base / "face_parsing").mkdir(exist_ok=True)
+    BiSeNet = _pack_module("anybody.nets.bisenet").BiSeNet
+    net = BiSeNet()
+    state = {k: (v.abs() + 1 if k.endswith("running_var") else v) for k, v in net.state_dict().items()}
+    torch.save(state, base / "face_parsing" / "79999_iter.pth")
+    graph.update({
+        "7": {"class_type": "AnybodyFaceParse", "inputs": {"parsing_model": "79999_iter.pth", "images": ["1", 0],
+                                                          "classes": "1-13", "faces": ["3", 2]}},
+        "8": {"class_type": "MaskToImage", "inputs": {"mask": ["7", 0]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "parsed"}},
+        "10": {"class_type": "AnybodyIdentityScore", "inputs": {"face_model": ["2", 0], "images": ["1", 0],
+                                                               "reference": ["1", 0]}}})
+    ex, errors = comfy_env["run"](graph)
+    assert ex.success, errors
+    (parsed,) = ex.history_result["outputs"]["9"]["images"]
+    mask = np.asarray(Image.open(base / "output" / parsed["filename"]))
+    assert mask.shape[:2] == (480, 640) and mask[:100].max() == 0, "nothing outside the face box"
+    assert ex.history_result["outputs"]["10"]["text"][0].startswith("identity cosine 1.000")
+
+    graph = {k: graph[k] for k in "123456"}
     graph["2"]["inputs"]["pack"] = "antelopev2"  # not installed: the error names the folder and the files
     ex, errors = comfy_env["run"](graph)
     assert not ex.success
