@@ -343,3 +343,10 @@ def test_identity_score_is_cosine_to_the_reference_and_none_without_a_face(model
     assert plot.shape == (192, 512, 3) and plot.dtype == np.uint8
     with pytest.raises(BadInputError, match="reference"):
         identity_scores(models, [image], [])
+
+
+def test_to_uint8_accepts_half_precision_tensors():
+    import torch
+
+    img = torch.full((4, 5, 3), 0.5, dtype=torch.bfloat16)
+    assert (to_uint8(img) == 128).all()

@@ -45,7 +45,13 @@ def to_uint8(image) -> np.ndarray:
 
     Row blocks keep the temporary float copies small, so an 8000x8000 photo costs about its uint8 size.
     """
-    arr = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if hasattr(image, "detach"):  # a torch tensor (ComfyUI IMAGE); numpy has no bfloat16
+        import torch
+
+        image = image.detach().cpu()
+        arr = (image.float() if image.dtype in (torch.float16, torch.bfloat16) else image).numpy()
+    else:
+        arr = np.asarray(image)
     if arr.ndim == 2:
         arr = arr[..., None]
     if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
