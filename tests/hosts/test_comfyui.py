@@ -365,3 +365,56 @@ def test_face_nodes_find_the_pack_via_extra_paths_and_align_in_the_executor(comf
     assert not ex.success
     message = errors[0]["exception_message"]
     assert str(base / "insightface" / "models" / "antelopev2") in message and "scrfd_10g_bnkps.onnx" in message
+
+
+def test_sd2_v_prediction_training_and_the_sigma_to_ddpm_conversion(comfy_env):
+    """SD2.x: OpenCLIP-H text encoder (full size, random), a narrow 1024-context UNet, v-prediction."""
+    import comfy.model_base
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.supported_models
+    import comfy.supported_models_base
+    import comfy.text_encoders.sd2_clip as sd2_clip
+    import folder_paths
+    from safetensors.torch import load_file
+
+    unet_config = {"model_channels": 32, "use_linear_in_transformer": True, "transformer_depth": [0, 1],
+                   "transformer_depth_output": [0, 0, 1, 1], "transformer_depth_middle": 1, "channel_mult": [1, 2],
+                   "num_res_blocks": [1, 1], "context_dim": 1024, "adm_in_channels": None, "num_head_channels": 16,
+                   "num_classes": None, "use_spatial_transformer": True, "legacy": False, "in_channels": 4,
+                   "out_channels": 4, "image_size": 32, "use_temporal_attention": False,
+                   "use_temporal_resblock": False}
+    config = comfy.supported_models.SD20(unet_config)
+    config.set_inference_dtype(torch.float32, None)
+    base = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.V_PREDICTION)
+    _fill_random(base, 3)
+    model = comfy.model_patcher.ModelPatcher(base, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    clip = comfy.sd.CLIP(target=comfy.supported_models_base.ClipTarget(sd2_clip.SD2Tokenizer, sd2_clip.SD2ClipModel),
+                         embedding_directory=folder_paths.get_folder_paths("embeddings"))
+    _fill_random(clip.cond_stage_model, 4)
+    _, _, vae, _ = comfy.sd.load_checkpoint_guess_config(
+        str(comfy_env["base"] / "checkpoints" / "tiny15.safetensors"), output_vae=True, output_clip=False)
+    node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyCrossInitTrain"]()
+    encode = comfy_env["nodes"].CLIPTextEncode().encode
+    with torch.inference_mode():
+        identity, prompt, path, clip_out = node.train(model, clip, vae, torch.rand(1, 64, 64, 3), "sd2face", "custom", 2,
+                                                      0.005, 2, 1, 64, 0, 0, 0, False, False, "a photo of {} person")["result"]
+        stock = encode(clip, "a photo of embedding:sd2face person")[0][0][0]
+        with_word = encode(clip_out, "a photo of <sd2face> person")[0][0][0]
+    stored = load_file(path)
+    assert list(stored) == ["emb_params"] and tuple(stored["emb_params"].shape) == (2, 1024)
+    torch.testing.assert_close(with_word, stock)
+
+    host = _pack_module("anybody.host.comfy").ComfyHost(model, clip, vae)
+    assert host.family == "sd2" and host.prediction == "v"
+    # predict() gives v in DDPM space; turning it back into x0 must give exactly ComfyUI's own denoised x0
+    g = torch.Generator().manual_seed(0)
+    x_t, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([100, 800])
+    with torch.no_grad():
+        cond = host.encode_prompts(["a photo of a person"] * 2)
+        v = host.predict(x_t, t, cond)
+        a = host.alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        sigma = ((1 - a) / a).sqrt()
+        x0_comfy = base.apply_model(x_t / a.sqrt(), sigma.view(-1), c_crossattn=cond.context).float()
+    torch.testing.assert_close(a.sqrt() * x_t - (1 - a).sqrt() * v, x0_comfy, atol=1e-4, rtol=1e-4)
