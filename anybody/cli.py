@@ -95,7 +95,7 @@ def cmd_align(args) -> int:
     if args.select == "most_similar":
         if not args.reference:
             raise AnybodyError("--select most_similar needs --reference PHOTO")
-        reference = reference_embedding(models, read_image_uint8(args.reference))
+        reference = reference_embedding(models, [read_image_uint8(args.reference)])
     records, skipped = [], []
     no_face = "pass_through" if args.if_no_face == "pass_through" else "error"
     for i, path in enumerate(files):

@@ -21,9 +21,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from anybody.face.detect import detect_faces, embed_aligned, select_face  # noqa: E402
+from anybody.face.detect import detect_faces, select_face  # noqa: E402
 from anybody.face.models import load_face_models  # noqa: E402
-from anybody.face.pipeline import _arcface_crop  # noqa: E402
+from anybody.face.pipeline import embed_faces  # noqa: E402
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
         t = time.perf_counter()
         faces = detect_faces(models, img)
         if faces:
-            embed_aligned(models, [_arcface_crop(img, select_face(faces, "largest"))])
+            embed_faces(models, img, [select_face(faces, "largest")])
             found += 1
         times.append(time.perf_counter() - t)
     per = statistics.median(times[4:])

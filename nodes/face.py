@@ -1,6 +1,7 @@
 """Face nodes: load an insightface pack from models/insightface, and FaceAlign (Anybody)."""
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -155,10 +156,10 @@ class AnybodyFaceParse:
         import numpy as np
         import torch
 
-        from ..anybody.errors import ModelFileError
+        from ..anybody.errors import BadInputError, ModelFileError
         from ..anybody.face.parse import colourise, parse_classes, parse_labels, region_mask
         from ..anybody.face.pipeline import to_uint8
-        from ..anybody.nets.bisenet import SOURCE, load_bisenet
+        from ..anybody.nets.bisenet import SOURCE
 
         wanted = parse_classes(classes)
         path = folder_paths.get_full_path(PARSING_FOLDER, parsing_model)
@@ -167,23 +168,33 @@ class AnybodyFaceParse:
             raise ModelFileError(f"Face parsing weights '{parsing_model}' not found in {where}. Get 79999_iter.pth "
                                  f"from {SOURCE} and put it there.")
         if faces is not None and len(faces) != len(images):
-            raise ModelFileError(f"'faces' describes {len(faces)} image(s) but {len(images)} were connected; connect "
+            raise BadInputError(f"'faces' describes {len(faces)} image(s) but {len(images)} were connected; connect "
                                  "the same images FaceAlign saw.")
         device = mm.get_torch_device()
-        net = load_bisenet(path).to(device)
+        net = _bisenet(path, os.path.getmtime(path)).to(device)
         bar = comfy.utils.ProgressBar(len(images))
         masks, previews = [], []
         for i, image in enumerate(images):
             mm.throw_exception_if_processing_interrupted()
             rgb = to_uint8(image)
-            box = faces[i]["box"] if faces is not None else None
-            if faces is not None and not faces[i]["found"]:
-                masks.append(np.zeros(rgb.shape[:2], np.float32))
+            labels = parse_labels(net, rgb, device)
+            if faces is None:
+                masks.append(np.isin(labels, wanted).astype(np.float32))
+            elif faces[i]["found"]:  # parsed again on the box crop, as MagiCapture does
+                masks.append(region_mask(net, rgb, wanted, faces[i]["box"], device))
             else:
-                masks.append(region_mask(net, rgb, wanted, box, device))
-            previews.append(colourise(parse_labels(net, rgb, device)))
+                masks.append(np.zeros(rgb.shape[:2], np.float32))
+            previews.append(colourise(labels))
             bar.update_absolute(i + 1, len(images))
         return (torch.from_numpy(np.stack(masks)), torch.from_numpy(np.stack(previews)).float() / 255.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _bisenet(path: str, mtime: float):
+    """The parsing net, loaded once per file version rather than on every run."""
+    from ..anybody.nets.bisenet import load_bisenet
+
+    return load_bisenet(path)
 
 
 class AnybodyIdentityScore:

@@ -322,8 +322,7 @@ def test_cli_align_writes_crops_and_landmarks_json(pack_root, tmp_path):
 
 
 def test_identity_score_is_cosine_to_the_reference_and_none_without_a_face(models):
-    from anybody.face.detect import embed_aligned
-    from anybody.face.pipeline import _arcface_crop
+    from anybody.face.pipeline import embed_faces
     from anybody.face.score import identity_scores, score_plot, summarize
 
     image = _textured_faces(1, 2)
@@ -335,8 +334,8 @@ def test_identity_score_is_cosine_to_the_reference_and_none_without_a_face(model
     assert scores[0] > 0.99 and scores[2] is None
     # the second image's score is exactly the best cosine of its faces to the reference embedding
     ref_face = detect_faces(models, reference)[0]
-    ref = embed_aligned(models, [_arcface_crop(reference, ref_face)])[0]
-    emb = embed_aligned(models, [_arcface_crop(other, f) for f in detect_faces(models, other)])
+    ref = embed_faces(models, reference, [ref_face])[0]
+    emb = embed_faces(models, other, detect_faces(models, other))
     assert scores[1] == pytest.approx(float((emb @ ref).max()), abs=1e-6) and scores[1] < 0.99
     assert "1 image(s) without a face" in summarize(scores)
     plot = score_plot(scores)

@@ -78,17 +78,25 @@ def center_matrix(height: int, width: int, size: int) -> np.ndarray:
     return np.array([[s, 0.0, (size - width * s) / 2], [0.0, s, (size - height * s) / 2]])
 
 
-def reference_embedding(models: FaceModels, reference: np.ndarray) -> np.ndarray:
-    """Embedding of the largest face in a reference image (mean over several references)."""
-    faces = detect_faces(models, reference)
-    if not faces:
-        raise BadInputError("No face was found in the reference image; use a clear, frontal photo as the reference.")
-    return embed_aligned(models, [_arcface_crop(reference, select_face(faces, "largest"))])[0]
-
-
-def _arcface_crop(image: np.ndarray, face: Face) -> np.ndarray:
+def embed_faces(models: FaceModels, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
+    """Unit recognition embeddings ``[N, D]`` of ``faces`` in ``image``, each ArcFace-aligned first."""
     tpl = TEMPLATES["arcface112"]
-    return warp_to_crop(image, similarity_matrix(face.landmarks, tpl), tpl.size)
+    return embed_aligned(models, [warp_to_crop(image, similarity_matrix(f.landmarks, tpl), tpl.size) for f in faces])
+
+
+def reference_embedding(models: FaceModels, references: Sequence) -> np.ndarray:
+    """Unit mean embedding of the largest face in each reference photo (tensors or arrays, as ``to_uint8`` takes)."""
+    if len(references) == 0:
+        raise BadInputError("Connect at least one reference photo of the person.")
+    embeddings = []
+    for reference in references:
+        rgb = to_uint8(reference)
+        faces = detect_faces(models, rgb)
+        if not faces:
+            raise BadInputError("No face was found in the reference image; use a clear, frontal photo as the reference.")
+        embeddings.append(embed_faces(models, rgb, [select_face(faces, "largest")])[0])
+    mean = np.mean(embeddings, axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
 def align_one(models: FaceModels, image: np.ndarray, tpl: Template, select: str = "largest", index: int = 0,
@@ -110,8 +118,7 @@ def align_one(models: FaceModels, image: np.ndarray, tpl: Template, select: str 
     if select == "most_similar":
         if reference is None:
             raise BadInputError("'most_similar' needs a reference face image; connect one.")
-        embeddings = embed_aligned(models, [_arcface_crop(image, f) for f in faces])
-        similarities = embeddings @ reference
+        similarities = embed_faces(models, image, faces) @ reference
     face = select_face(faces, select, index, similarities)
     m = similarity_matrix(face.landmarks, tpl)
     crop = warp_to_crop(image, m, tpl.size)
@@ -131,8 +138,7 @@ def align_images(models: FaceModels, images: Sequence, template_name: str = "ffh
     if select == "most_similar":
         if not references:
             raise BadInputError("'most_similar' needs a reference face image; connect one.")
-        ref = np.mean([reference_embedding(models, to_uint8(r)) for r in references], axis=0)
-        reference = ref / max(np.linalg.norm(ref), 1e-12)
+        reference = reference_embedding(models, references)
     out = []
     for i, image in enumerate(images):
         out.append(align_one(models, to_uint8(image), tpl, select, index, reference, on_no_face, i))

@@ -9,17 +9,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import BadInputError
-from .detect import detect_faces, embed_aligned
+from .detect import detect_faces
 from .models import FaceModels
-from .pipeline import _arcface_crop, reference_embedding, to_uint8
+from .pipeline import embed_faces, reference_embedding, to_uint8
 
 
 def identity_scores(models: FaceModels, images: Sequence, references: Sequence) -> list[float | None]:
-    if len(references) == 0:
-        raise BadInputError("Connect at least one reference photo of the person.")
-    ref = np.mean([reference_embedding(models, to_uint8(r)) for r in references], axis=0)
-    ref /= max(float(np.linalg.norm(ref)), 1e-12)
+    ref = reference_embedding(models, references)
     scores: list[float | None] = []
     for image in images:
         rgb = to_uint8(image)
@@ -27,8 +23,7 @@ def identity_scores(models: FaceModels, images: Sequence, references: Sequence) 
         if not faces:
             scores.append(None)
             continue
-        emb = embed_aligned(models, [_arcface_crop(rgb, f) for f in faces])
-        scores.append(float(np.max(emb @ ref)))
+        scores.append(float(np.max(embed_faces(models, rgb, faces) @ ref)))
     return scores
 
 

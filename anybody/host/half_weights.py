@@ -64,8 +64,6 @@ def _linear_forward(self, x):
 
 
 def _conv_forward(self, x):
-    if self.padding_mode != "zeros":
-        raise NotImplementedError("half-weight mode supports zero-padded convolutions only")
     return _HalfConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
@@ -77,7 +75,8 @@ def keep_weights_in_half(model: nn.Module, dtype: torch.dtype = torch.float16) -
     """
     saved = 0
     for module in model.modules():
-        halve = type(module) in (nn.Linear, nn.Conv2d) and not module.weight.requires_grad
+        halve = (type(module) in (nn.Linear, nn.Conv2d) and not module.weight.requires_grad
+                 and getattr(module, "padding_mode", "zeros") == "zeros")
         for p in module.parameters(recurse=False):  # biases, norms, embeddings: small, kept (or made) fp32
             if p.dtype != torch.float32 and not (halve and p is module.weight):
                 p.data = p.data.float()

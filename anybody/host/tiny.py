@@ -16,9 +16,19 @@ SD_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 
                 "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
 
 
+def _tiny_vae(scaling_factor: float):
+    """A 4-level SD VAE (8x down, 4 latent channels) at width 32; the families differ only in latent scale."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 32, 32), layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=32, sample_size=64, scaling_factor=scaling_factor)
+
+
 def tiny_sd1_modules(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64), text_layers: int = 2):
     """(unet, vae, text_encoder, tokenizer) with SD1.x interfaces and random weights."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -30,11 +40,7 @@ def tiny_sd1_modules(seed: int = 0, unet_channels: tuple[int, ...] = (32, 64), t
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=unet_channels,
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 32, 32), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=32, sample_size=64, scaling_factor=0.18215)
-    return unet, vae, text_encoder, clip_tokenizer()
+    return unet, _tiny_vae(0.18215), text_encoder, clip_tokenizer()
 
 
 def tiny_sdxl_modules(seed: int = 0):
@@ -43,7 +49,7 @@ def tiny_sdxl_modules(seed: int = 0):
     Real widths where files and prompts see them (768 + 1280 = 2048 context, 1280 pooled, 2816 added
     embedding input); shallow and narrow everywhere else.
     """
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
@@ -58,11 +64,7 @@ def tiny_sdxl_modules(seed: int = 0):
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=2048, attention_head_dim=8, norm_num_groups=32, use_linear_projection=True,
         addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816)
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 32, 32), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=32, sample_size=64, scaling_factor=0.13025)
-    return unet, vae, (clip_l, clip_tokenizer()), (clip_g, clip_tokenizer(pad_token="!"))
+    return unet, _tiny_vae(0.13025), (clip_l, clip_tokenizer()), (clip_g, clip_tokenizer(pad_token="!"))
 
 
 def tiny_host(out_dir: str | Path, seed: int = 0, sink=None, device: str | None = "cpu", family: str = "sd1"):
