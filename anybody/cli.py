@@ -48,7 +48,7 @@ def cmd_train_cross_init(args) -> int:
     images = load_images(image_files(args.images))
     host = load_checkpoint_host(args.checkpoint, out_dir=args.out, prediction=args.prediction,
                                 low_memory=args.low_memory)
-    identity, path = train_cross_init(host, images, args.name, _config(args), names_file=args.names,
+    identity, path, _ = train_cross_init(host, images, args.name, _config(args), names_file=args.names,
                                       resume=args.resume, overwrite=args.overwrite)
     stats = {k: round(v, 3) for k, v in vector_stats(next(iter(identity.vectors.values()))).items()}
     print(f"{path}\n{identity.describe()} {stats}")
@@ -69,7 +69,7 @@ def cmd_demo(args) -> int:
     start = time.perf_counter()
     host = tiny_host(args.out, seed=args.seed)
     images = load_images([asset_path("demo_face.jpg")])
-    identity, path = train_cross_init(host, images, args.name, _config(args, resolution=64, save_every=10),
+    identity, path, _ = train_cross_init(host, images, args.name, _config(args, resolution=64, save_every=10),
                                       resume=args.resume, overwrite=True)
     cond = host.encode_prompts([f"a photo of {identity.word} person"], {identity.word: identity.vectors})
     print(f"\nDone in {time.perf_counter() - start:.1f} s: {path}\n{identity.describe()}; "

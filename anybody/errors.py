@@ -31,3 +31,7 @@ class FileExistsAnybodyError(AnybodyError):
 
 class TrainingCancelled(Exception):
     """Raised by non-ComfyUI hosts when the user cancels; ComfyUI raises its own interrupt exception."""
+
+
+class OutOfMemoryAnybodyError(AnybodyError):
+    """The device ran out of memory; the message names what to lower, and the state is saved."""

@@ -1,27 +1,50 @@
 """CrossInitTrain (Anybody): Cross Initialization textual inversion on the checkpoint the graph loaded."""
 from __future__ import annotations
 
-from ..anybody.methods.cross_init import PRESETS, CrossInitConfig, train_cross_init, vector_stats
+import os
+
+from ..anybody.methods.cross_init import DEFAULT_NAMES, PRESETS, CrossInitConfig, train_cross_init, vector_stats
 from ..anybody.methods.cross_init import preset as make_config
 
 _PAPER = CrossInitConfig()
+NAMES_FOLDER = "celebrity_names"  # models/celebrity_names/*.txt: e.g. the paper's own wiki_names_v2.txt
+BUNDLED_NAMES = "bundled (1,180 names)"
+
+
+def _register_names_folder() -> None:
+    try:
+        import folder_paths
+    except ImportError:  # not inside ComfyUI
+        return
+    default = os.path.join(folder_paths.models_dir, NAMES_FOLDER)
+    if default not in folder_paths.folder_names_and_paths.get(NAMES_FOLDER, ([], set()))[0]:
+        folder_paths.add_model_folder_path(NAMES_FOLDER, default)
+    folder_paths.folder_names_and_paths[NAMES_FOLDER][1].add(".txt")
+
+
+_register_names_folder()
+
+
+def _name_lists() -> list[str]:
+    import folder_paths
+
+    return [BUNDLED_NAMES, *folder_paths.get_filename_list(NAMES_FOLDER)]
 
 
 class AnybodyCrossInitTrain:
     CATEGORY = "Anybody/train"
     FUNCTION = "train"
     OUTPUT_NODE = True
-    RETURN_TYPES = ("ANYBODY_IDENTITY", "STRING", "STRING", "CLIP")
-    RETURN_NAMES = ("identity", "prompt", "path", "clip")
-    OUTPUT_TOOLTIPS = ("the trained identity (for other Anybody nodes)",
-                       "'prompt' with {} replaced by embedding:<name>; link it to CLIPTextEncode's text so the "
-                       "prompt is encoded after training has written the file",
-                       "the embedding file written into models/embeddings",
-                       "the input CLIP with the identity applied: prompts may say <name> (or embedding:<name>)")
+    RETURN_TYPES = ("CLIP", "ANYBODY_IDENTITY", "STRING")
+    RETURN_NAMES = ("clip", "identity", "path")
+    OUTPUT_TOOLTIPS = ("the input CLIP with the identity applied: prompts may say <name> or embedding:<name> "
+                       "(the input CLIP is unchanged); connect it to CLIPTextEncode",
+                       "the trained identity (for other Anybody nodes)",
+                       "the embedding file in models/embeddings (A1111 reads the same file as <name>)")
     DESCRIPTION = ("Learns a face from one or more photos as a 2-token textual-inversion embedding (Cross "
-                   "Initialization, CVPR 2024) on the connected checkpoint, and saves it to models/embeddings so "
-                   "any CLIPTextEncode can use it as embedding:<name>. Cancel saves the state; queue again with "
-                   "resume on to continue.")
+                   "Initialization, CVPR 2024) on the connected checkpoint, saves it to models/embeddings and "
+                   "returns a CLIP that knows it. Queued again with the same photos and settings it loads the "
+                   "saved file instead of retraining. Cancel saves the state; queue again with resume on to continue.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -31,25 +54,28 @@ class AnybodyCrossInitTrain:
                 "clip": ("CLIP",),
                 "vae": ("VAE",),
                 "images": ("IMAGE", {"tooltip": "face photos of one person (a batch); square crops around the face work best"}),
-                "name": ("STRING", {"default": "my_face", "tooltip": "file name: models/embeddings/<name>.safetensors"}),
+                "name": ("STRING", {"default": "my_face", "tooltip": "file name: models/embeddings/<name>.safetensors; "
+                                    "letters, digits, '_', '-', '.', no spaces (prompts end a name at a space)"}),
                 "preset": ([*PRESETS, "custom"], {"default": "paper-320",
                                                   "tooltip": "paper-320: the paper's recipe; fast-25: 25 steps; custom: use 'steps'"}),
                 "steps": ("INT", {"default": _PAPER.steps, "min": 1, "max": 100000, "tooltip": "used when preset is custom"}),
-                "lr": ("FLOAT", {"default": _PAPER.lr, "min": 1e-6, "max": 1.0, "step": 0.0005}),
+                "lr": ("FLOAT", {"default": _PAPER.lr, "min": 1e-6, "max": 1.0, "step": 1e-5, "round": False,
+                                 "tooltip": "AdamW learning rate (paper: 0.005)"}),
                 "batch": ("INT", {"default": _PAPER.batch, "min": 1, "max": 64}),
                 "grad_accum": ("INT", {"default": 1, "min": 1, "max": 64,
                                        "tooltip": "lower batch x higher grad_accum keeps the paper's effective batch of 8 on small GPUs"}),
-                "resolution": ("INT", {"default": _PAPER.resolution, "min": 64, "max": 2048, "step": 64}),
+                "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64,
+                                       "tooltip": "0: the model's own (SD1.x 512, SD2-768-v 768, SDXL 1024)"}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
                 "save_every": ("INT", {"default": _PAPER.save_every, "min": 0, "max": 100000,
                                        "tooltip": "save resumable state every N steps (0: only on finish/cancel)"}),
                 "preview_every": ("INT", {"default": _PAPER.preview_every, "min": 0, "max": 100000}),
                 "resume": ("BOOLEAN", {"default": False, "tooltip": "continue a cancelled run of the same name and settings"}),
-                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "replace an existing embedding of that name"}),
-                "prompt": ("STRING", {"default": "a photo of {} person", "multiline": True,
-                                      "tooltip": "{} becomes embedding:<name>; keep the '<identity> person' pattern used in training"}),
-            },
-            "optional": {
+                "overwrite": ("BOOLEAN", {"default": False,
+                                          "tooltip": "retrain and replace an embedding of that name made from other photos or settings"}),
+                "names_file": (_name_lists(), {"default": BUNDLED_NAMES,
+                                               "tooltip": "celebrity names for the initialisation; put a list (one name per line, "
+                                                          "e.g. the paper's wiki_names_v2.txt) in models/celebrity_names"}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False,
                                                        "tooltip": "recompute UNet activations in the backward pass: less VRAM, about 1/3 slower"}),
             },
@@ -57,18 +83,31 @@ class AnybodyCrossInitTrain:
         }
 
     def train(self, model, clip, vae, images, name, preset, steps, lr, batch, grad_accum, resolution, seed,
-              save_every, preview_every, resume, overwrite, prompt, gradient_checkpointing=False, unique_id=None):
+              save_every, preview_every, resume, overwrite, names_file=BUNDLED_NAMES, gradient_checkpointing=False,
+              unique_id=None):
         from ..anybody.host.comfy import ComfyHost, clip_with_identity
 
         chosen = {"steps": steps} if preset == "custom" else {}
         config = make_config(preset, **chosen, lr=lr, batch=batch, grad_accum=grad_accum, resolution=resolution,
                              seed=seed, save_every=save_every, preview_every=preview_every,
                              gradient_checkpointing=gradient_checkpointing)
+        names_path = DEFAULT_NAMES if names_file == BUNDLED_NAMES else _names_path(names_file)
         host = ComfyHost(model, clip, vae, node_id=unique_id)
-        identity, path = train_cross_init(host, list(images), name, config, resume=resume, overwrite=overwrite)
+        identity, path, reused = train_cross_init(host, list(images), name, config, names_file=names_path,
+                                                  resume=resume, overwrite=overwrite)
         stats = vector_stats(next(iter(identity.vectors.values())))
-        summary = (f"{identity.describe()} -> {path.name}; write embedding:{identity.name} in your prompt. "
-                   f"norms {stats['norm_min']:.1f}-{stats['norm_max']:.1f}")
-        token = f"embedding:{identity.name}"
-        text = prompt.replace("{}", token) if "{}" in prompt else f"{prompt} {token}".strip()
-        return {"ui": {"text": [summary]}, "result": (identity, text, str(path), clip_with_identity(clip, identity))}
+        summary = (f"{identity.describe()} -> {path.name}" + (" (already trained with these photos and settings: "
+                   "loaded, not retrained)" if reused else "") + f"; write <{identity.name}> or embedding:{identity.name}"
+                   f" in your prompt. norms {stats['norm_min']:.1f}-{stats['norm_max']:.1f}")
+        return {"ui": {"text": [summary]}, "result": (clip_with_identity(clip, identity), identity, str(path))}
+
+
+def _names_path(names_file: str) -> str:
+    import folder_paths
+
+    from ..anybody.errors import BadInputError
+
+    path = folder_paths.get_full_path(NAMES_FOLDER, names_file)
+    if path is None:
+        raise BadInputError(f"Name list {names_file!r} not found in {folder_paths.get_folder_paths(NAMES_FOLDER)}.")
+    return path

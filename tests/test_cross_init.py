@@ -90,7 +90,7 @@ def test_regulariser_value_and_gradient():
 def test_training_writes_a_stock_embedding_and_touches_no_weights(host, faces):
     before = {n: p.detach().clone() for n, p in host.encoders["clip_l"].model.named_parameters()}
     unet_before = next(host.unet.parameters()).detach().clone()
-    ident, path = ci.train_cross_init(host, faces, "alice", FAST)
+    ident, path, _ = ci.train_cross_init(host, faces, "alice", FAST)
     assert path == host.embeddings_dir() / "alice.safetensors" and path.is_file()
     assert ident.vectors["clip_l"].shape == (2, 768)
     for n, p in host.encoders["clip_l"].model.named_parameters():
@@ -113,42 +113,58 @@ def test_optimizer_is_adamw_with_paper_lr_and_decay(host, faces, monkeypatch):
     assert seen["lr"] == 0.005 and seen["weight_decay"] == 0.01 and ci.CrossInitConfig().steps == 320
 
 
-def test_loss_falls_on_a_fixed_probe(host, faces):
-    """A few steps at a raised lr must lower the denoising loss on fixed (t, noise) pairs."""
-    enc = host.encoders["clip_l"]
-    init = ci.cross_init_vectors(enc, read_lines(ci.DEFAULT_NAMES), 2)
+def test_training_lowers_the_denoising_loss_on_a_fixed_probe(host, faces):
+    """The product's own loop (train_cross_init) must lower the loss on fixed (t, noise) pairs it never saw."""
+    init = ci.cross_init_vectors(host.encoders["clip_l"], read_lines(ci.DEFAULT_NAMES), 2)
+    trained, _, _ = ci.train_cross_init(host, faces, "probe", replace(FAST, steps=12, lr=0.05, batch=4))
     mean, _ = host.encode_images(ci.square_batch(faces, 64))
     g = torch.Generator().manual_seed(123)
     t = torch.randint(0, 1000, (8,), generator=g)
     eps = torch.randn(8, 4, 8, 8, generator=g)
     a = host.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
-    z0 = mean[torch.arange(8) % len(mean)]
-    x_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
+    x_t = a.sqrt() * mean[torch.arange(8) % len(mean)] + (1 - a).sqrt() * eps
 
-    def probe(theta):
-        cond = host.encode_prompts(["a photo of face of <x> person"] * 8, {"<x>": {"clip_l": theta}})
-        return F.mse_loss(host.predict(x_t, t, cond), eps)
+    def probe(vectors):
+        with torch.no_grad():
+            cond = host.encode_prompts(["a photo of face of <x> person"] * 8, {"<x>": {"clip_l": vectors}})
+            return F.mse_loss(host.predict(x_t, t, cond), eps).item()
 
-    theta = init.clone().requires_grad_(True)
-    opt = torch.optim.AdamW([theta], lr=0.05)
-    start = probe(theta).item()
-    for _ in range(15):
-        opt.zero_grad()
-        probe(theta).backward()
-        opt.step()
-    assert probe(theta).item() < start - 1e-4
+    assert probe(trained.vectors["clip_l"]) < probe(init) - 1e-4
+
+
+def test_loss_scaling_is_exact_in_fp32_and_backs_off_on_overflow(host, faces, monkeypatch):
+    """fp16 hosts scale the loss; in fp32 a power-of-two scale must give the very same vectors, and a scale so
+    large that gradients overflow must be lowered and the same step computed again."""
+    from anybody.train import loss_scale
+
+    plain, _, _ = ci.train_cross_init(host, faces, "unscaled", FAST)
+    monkeypatch.setattr(host, "compute_dtype", torch.float16)  # the engine now scales; arithmetic stays fp32
+    scaled, _, _ = ci.train_cross_init(host, faces, "scaled", FAST)
+    assert torch.equal(scaled.vectors["clip_l"], plain.vectors["clip_l"])
+    seen = []
+    real = loss_scale.LossScale.overflowed
+
+    def spy(self):
+        seen.append(self.scale)
+        return real(self)
+
+    monkeypatch.setattr(loss_scale.LossScale, "overflowed", spy)
+    monkeypatch.setattr(ci, "LossScale", lambda: loss_scale.LossScale(scale=2.0**140))
+    huge, _, _ = ci.train_cross_init(host, faces, "huge", FAST)
+    assert seen and seen[0] == 2.0**140
+    torch.testing.assert_close(huge.vectors["clip_l"], plain.vectors["clip_l"], atol=1e-5, rtol=1e-5)
 
 
 def test_cancel_then_resume_is_exact(host, faces, RecordingSink):
     cfg = replace(FAST, steps=6, save_every=100)
-    full, _ = ci.train_cross_init(host, faces, "full", cfg)
+    full, _, _ = ci.train_cross_init(host, faces, "full", cfg)
     host.sink = RecordingSink(cancel_after=3)
     with pytest.raises(KeyboardInterrupt):
         ci.train_cross_init(host, faces, "half", cfg)
     assert not (host.embeddings_dir() / "half.safetensors").exists()
     assert (host.state_dir() / "half.state.json").is_file()
     host.sink = RecordingSink()
-    resumed, _ = ci.train_cross_init(host, faces, "half", cfg, resume=True)
+    resumed, _, _ = ci.train_cross_init(host, faces, "half", cfg, resume=True)
     assert host.sink.steps == [4, 5, 6]
     assert torch.equal(resumed.vectors["clip_l"], full.vectors["clip_l"])
 
@@ -157,6 +173,7 @@ def test_resume_with_different_settings_is_refused(host, faces, RecordingSink):
     host.sink = RecordingSink(cancel_after=1)
     with pytest.raises(KeyboardInterrupt):
         ci.train_cross_init(host, faces, "carol", FAST)
+    host.sink = RecordingSink()  # a new run of the node gets a new sink
     with pytest.raises(BadInputError, match="lr"):
         ci.train_cross_init(host, faces, "carol", replace(FAST, lr=0.01), resume=True)
 
@@ -169,10 +186,27 @@ def test_nan_loss_is_a_clear_error_and_writes_nothing(host, faces, monkeypatch):
     assert not (host.state_dir() / "nan.state.json").exists()
 
 
-def test_existing_embedding_is_not_overwritten(host, faces):
-    ci.train_cross_init(host, faces, "dave", replace(FAST, steps=1))
-    with pytest.raises(FileExistsAnybodyError, match="overwrite"):
-        ci.train_cross_init(host, faces, "dave", replace(FAST, steps=1))
+def test_requeue_with_the_same_settings_reuses_the_file_and_other_settings_are_refused(host, faces, RecordingSink):
+    first = ci.train_cross_init(host, faces, "dave", replace(FAST, steps=1))
+    assert not first.reused
+    host.sink = RecordingSink()
+    again = ci.train_cross_init(host, faces, "dave", replace(FAST, steps=1, save_every=7))  # save_every: no effect
+    assert again.reused and host.sink.steps == [], "loaded, not retrained"
+    assert torch.equal(again.identity.vectors["clip_l"], first.identity.vectors["clip_l"])
+    assert any("not retrained" in line for line in host.sink.logs)
+    with pytest.raises(FileExistsAnybodyError, match="other photos, settings"):
+        ci.train_cross_init(host, faces, "dave", replace(FAST, steps=2))
+    with pytest.raises(FileExistsAnybodyError):
+        ci.train_cross_init(host, faces.flip(1), "dave", replace(FAST, steps=1))
+    redone = ci.train_cross_init(host, faces, "dave", replace(FAST, steps=2), overwrite=True)
+    assert not redone.reused and ci.train_cross_init(host, faces, "dave", replace(FAST, steps=2)).reused
+
+
+def test_family_default_resolution_and_bad_resolutions(host, faces):
+    assert ci.default_resolution(host) == 512
+    for bad in (-64, 32, 100):
+        with pytest.raises(BadInputError, match="multiple of 64"):
+            ci.train_cross_init(host, faces, "res", replace(FAST, resolution=bad))
 
 
 @pytest.mark.parametrize("images,match", [

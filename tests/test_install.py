@@ -64,3 +64,26 @@ def test_insightface_comes_without_its_onnxruntime_and_opencv_pins(monkeypatch):
     asked = [p for pkgs, _ in calls for p in pkgs]
     assert "onnx>=1.13" in asked and "scikit-image" in asked and "tqdm" in asked
     assert not any(install.requirement_name(p).startswith(("onnxruntime", "opencv", "albumentations")) for p in asked)
+
+
+def test_pip_builds_a_wheel_with_the_core_its_assets_and_the_anybody_command(tmp_path):
+    """`pip install .` must work for CLI users: one top-level package, its data files, a console script."""
+    import subprocess
+    import sys
+    import zipfile
+
+    import shutil
+
+    repo = tmp_path / "src"  # a copy: setuptools writes build/ and *.egg-info beside the sources
+    shutil.copytree(Path(__file__).parents[1], repo, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.egg-info", "__pycache__", "anybody_out", "models"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(repo)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("anybody-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if not n.startswith("anybody-")} == {"anybody"}, "no nodes/, tests/ ..."
+    for asset in ("anybody/assets/clip_tokenizer/merges.txt", "anybody/assets/configs/sd15/unet/config.json",
+                  "anybody/assets/celebrity_names.txt", "anybody/assets/ti_templates.txt", "anybody/cli.py"):
+        assert asset in names
+    entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    assert "anybody = anybody.cli:main" in entry_points

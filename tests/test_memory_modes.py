@@ -60,8 +60,8 @@ def test_gradient_checkpointing_trains_the_same_vectors(host, faces, monkeypatch
         return predict(*args)
 
     monkeypatch.setattr(host, "predict", spy)
-    plain, _ = ci.train_cross_init(host, faces, "plain", FAST)
-    ckpt, _ = ci.train_cross_init(host, faces, "ckpt", replace(FAST, gradient_checkpointing=True))
+    plain, _, _ = ci.train_cross_init(host, faces, "plain", FAST)
+    ckpt, _, _ = ci.train_cross_init(host, faces, "ckpt", replace(FAST, gradient_checkpointing=True))
     assert seen == [False] * FAST.steps + [True] * FAST.steps
     torch.testing.assert_close(ckpt.vectors["clip_l"], plain.vectors["clip_l"], atol=1e-5, rtol=1e-4)
     assert not host.unet.is_gradient_checkpointing, "checkpointing is switched off again after training"

@@ -14,7 +14,7 @@ def test_diffusers_load_textual_inversion_reproduces_our_conditioning(tmp_path):
     host = DiffusersHost(unet, vae, [DiffusersTextEncoder("clip_l", text_encoder, tokenizer)], SD_SCHEDULER, "sd1",
                          out_dir=tmp_path, device="cpu")
     host.sink.log = lambda m: None
-    ident, path = ci.train_cross_init(host, torch.rand(1, 64, 64, 3), "alice",
+    ident, path, _ = ci.train_cross_init(host, torch.rand(1, 64, 64, 3), "alice",
                                       ci.CrossInitConfig(steps=2, batch=2, resolution=64))
     prompt = "a photo of <alice> person"
     with torch.no_grad():
@@ -42,7 +42,7 @@ def test_sdxl_identity_has_one_pair_per_encoder_and_round_trips_through_the_diff
 
     host = tiny_host(tmp_path, family="sdxl")
     host.sink.log = lambda m: None
-    ident, path = ci.train_cross_init(host, torch.rand(1, 64, 64, 3), "bob",
+    ident, path, _ = ci.train_cross_init(host, torch.rand(1, 64, 64, 3), "bob",
                                       ci.CrossInitConfig(steps=2, batch=2, resolution=64))
     stored = load_file(str(path))
     assert {k: tuple(v.shape) for k, v in stored.items()} == {"clip_l": (2, 768), "clip_g": (2, 1280)}

@@ -40,15 +40,42 @@ def test_injection_is_differentiable(host):
     assert vecs.grad is not None and vecs.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("bad", ["../evil", "a/b", "..", ".hidden", "", "x" * 80, "na\x00me"])
-def test_unsafe_names_are_refused(bad):
-    with pytest.raises(BadInputError):
+@pytest.mark.parametrize("bad,match", [
+    ("../evil", "path"), ("a/b", "path"), ("..", "path"), (".hidden", "path"), ("", "empty"),
+    ("x" * 80, "80 characters long"), ("na\x00me", "not allowed"), ("Bob Smith", "'Bob_Smith'"),
+    ("tab\tname", "spaces"), ("CON", "device name"), ("nul.v2", "device name"), ("com1", "device name"),
+    ("caf\u00e9", "not allowed"), ("-dash", "starting with a letter"),
+])
+def test_unsafe_names_are_refused_with_the_reason(bad, match):
+    with pytest.raises(BadInputError, match=match):
         safe_name(bad)
 
 
 def test_safe_name_keeps_plain_names():
-    assert safe_name("alice") == "alice" and safe_name("Bob Smith-2") == "Bob Smith-2"
-    assert safe_name("alice.safetensors") == "alice"
+    assert safe_name("alice") == "alice" and safe_name("Bob_Smith-2") == "Bob_Smith-2"
+    assert safe_name("alice.safetensors") == "alice" and safe_name("console") == "console"
+
+
+def test_atomic_write_gives_normal_permissions_and_keeps_the_old_file_on_a_crash(tmp_path):
+    import os
+
+    from anybody.files import atomic_write
+
+    old_umask = os.umask(0o022)
+    try:
+        path = atomic_write(tmp_path / "e.safetensors", lambda tmp: open(tmp, "wb").write(b"old"))
+    finally:
+        os.umask(old_umask)
+    assert path.stat().st_mode & 0o777 == 0o644, "readable by a webui running as another user"
+
+    def crash(tmp):
+        open(tmp, "wb").write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, crash, overwrite=True)
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["e.safetensors"], "no temp file left behind"
 
 
 @pytest.mark.parametrize("family,widths,keys", [

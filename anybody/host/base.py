@@ -60,6 +60,7 @@ class Host(ABC):
     prediction: str  # "eps" | "v"
     encoders: dict[str, TextEncoder]
     device: torch.device
+    compute_dtype: torch.dtype  # what the UNet computes in; fp16 makes the engine scale the loss
     sink: ProgressSink
 
     # --- text -------------------------------------------------------------------------------------------
@@ -75,6 +76,22 @@ class Host(ABC):
         context = torch.cat([hidden[k] for k in FAMILY_ENCODERS[self.family]], dim=-1)
         return Cond(context, pooled)
 
+    def fingerprint(self) -> str:
+        """A short digest of the checkpoint in use, so a trained file is only reused on the model it was made on."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for key, encoder in self.encoders.items():
+            digest.update(key.encode())
+            digest.update(encoder.token_rows(range(256)).numpy().tobytes())
+        for tensor in self.unet_probe_tensors():
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def unet_probe_tensors(self) -> list[torch.Tensor]:
+        """A few small UNet weights that tell fine-tunes apart (input and output convolutions)."""
+        return []
+
     # --- latents ----------------------------------------------------------------------------------------
     @abstractmethod
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +100,10 @@ class Host(ABC):
     @abstractmethod
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images ``[B,H,W,3]`` in 0..1."""
+
+    def preview_image(self, latents: torch.Tensor) -> torch.Tensor:
+        """A quick look at latents during training (hosts may approximate, to keep the VAE out of memory)."""
+        return self.decode_latents(latents)
 
     # --- denoiser ---------------------------------------------------------------------------------------
     @property
@@ -96,9 +117,13 @@ class Host(ABC):
 
     # --- runtime ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def training(self) -> Iterator[None]:
-        """Everything gradient-based runs inside this: hosts that run nodes under inference mode escape it."""
-        with torch.inference_mode(False), torch.enable_grad():
+    def training(self, batch_pixels: int = 0, checkpointing: bool = False) -> Iterator[None]:
+        """Everything gradient-based runs inside this, after the latents are encoded.
+
+        Hosts that run nodes under inference mode escape it here and load their models once for the whole run;
+        ``batch_pixels`` (batch x H x W) lets them reserve activation memory.
+        """
+        with torch.inference_mode(False), torch.enable_grad(), self.checkpointing(checkpointing):
             yield
 
     @contextlib.contextmanager

@@ -1,13 +1,11 @@
 """ComfyUI adapter: MODEL (ModelPatcher), CLIP and VAE as the host loaded them (hosts/comfyui.md §0, §4-§7).
 
-Strategy for training inside ComfyUI, chosen for zero extra weight memory and no reload from disk:
-- nodes run under ``torch.inference_mode()``; :meth:`ComfyHost.training` leaves it, loads the models through
-  ComfyUI's memory manager, and swaps any inference-mode weight tensor for a normal one with the same values,
-  one tensor at a time (the values, devices and dtypes stay; only autograd can now save them). Nothing is
-  patched or added to the MODEL/CLIP, so the objects the graph passed in behave exactly as before.
-- ComfyUI's CLIP layers add residuals in place, which autograd cannot differentiate; while training, each
-  layer instance gets an out-of-place forward, restored afterwards.
-- ``apply_model`` works in sigma space and returns x0; :meth:`predict` converts to DDPM-space eps / v.
+- Training runs on copies made for training (:mod:`.comfy_training`): fresh weights outside inference mode,
+  loaded whole onto the UNet's device once, latents encoded before. The input MODEL/CLIP are never modified.
+- ComfyUI's CLIP layers add residuals in place, which autograd cannot differentiate; the training copy's
+  layers get an out-of-place forward.
+- ``apply_model`` works in sigma space and returns x0; :meth:`predict` converts to DDPM-space eps / v, with the
+  noise schedule read through the patcher, so a ModelSamplingDiscrete node (v-prediction, zsnr) is honoured.
 """
 from __future__ import annotations
 
@@ -62,11 +60,13 @@ class ComfySink(ProgressSink):
 
 
 class ComfyTextEncoder(TextEncoder):
-    def __init__(self, clip, key: str) -> None:
-        self.clip, self.key = clip, key
-        self.model = getattr(clip.cond_stage_model, key)
-        self.tok = getattr(clip.tokenizer, key)
-        self.width = int(self.model.transformer.get_input_embeddings().weight.shape[-1])
+    """One text encoder of the CLIP; encodes through the host's training copy while training."""
+
+    def __init__(self, host: "ComfyHost", key: str) -> None:
+        self.host, self.key = host, key
+        self.tok = getattr(host.clip.tokenizer, key)
+        table = getattr(host.clip.cond_stage_model, key).transformer.get_input_embeddings().weight
+        self.width = int(table.shape[-1])
         self.bos, self.eos, self.pad = self.tok.start_token, self.tok.end_token, self.tok.pad_token
 
     def tokenize(self, text: str) -> list[int]:
@@ -74,19 +74,19 @@ class ComfyTextEncoder(TextEncoder):
         return [i for i in ids if i not in (self.bos, self.eos)]
 
     def token_rows(self, ids: Sequence[int]) -> torch.Tensor:
-        table = self.model.transformer.get_input_embeddings().weight
+        table = getattr(self.host.clip.cond_stage_model, self.key).transformer.get_input_embeddings().weight
         with torch.inference_mode(False):
             return table[torch.as_tensor(list(ids), device=table.device)].detach().float().cpu().clone()
 
     def encode_rows(self, batch: Sequence[PromptRows]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The same call ``CLIP.encode_from_tokens`` makes, on a batch, with tensors among the tokens."""
-        cm = self.clip.cond_stage_model
+        clip = self.host.active_clip()
+        cm = clip.cond_stage_model
         cm.reset_clip_options()
-        if self.clip.layer_idx is not None:
-            cm.set_clip_options({"layer": self.clip.layer_idx})
-        self.clip.load_model()
-        cm.set_clip_options({"execution_device": self.clip.patcher.load_device})
-        out = self.model([list(rows) for rows in batch])
+        if clip.layer_idx is not None:
+            cm.set_clip_options({"layer": clip.layer_idx})
+        cm.set_clip_options({"execution_device": clip.patcher.load_device})
+        out = getattr(cm, self.key)([list(rows) for rows in batch])
         return out[0].float(), (out[1].float() if out[1] is not None else None)
 
 
@@ -134,15 +134,21 @@ def _checkpointed_blocks(unet: torch.nn.Module) -> Iterator[None]:
             del block.forward
 
 
-def _normal_tensors(module: torch.nn.Module) -> None:
-    """Replace inference-mode parameters/buffers by equal normal tensors, one at a time (no 2x peak)."""
-    for sub in module.modules():
-        for name, p in list(sub._parameters.items()):
-            if p is not None and p.is_inference():
-                sub._parameters[name] = torch.nn.Parameter(p.clone(), requires_grad=False)
-        for name, b in list(sub._buffers.items()):
-            if b is not None and b.is_inference():
-                sub._buffers[name] = b.clone()
+def _get_attr(module: torch.nn.Module, dotted: str) -> torch.Tensor:
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _digest(obj) -> str:
+    """Shapes and sums of the tensors inside a weight patch (LoRA adapter, ("diff", (t,)) tuple ...)."""
+    if isinstance(obj, torch.Tensor):
+        return f"{tuple(obj.shape)}:{obj.detach().float().sum().item():.6g}"
+    if isinstance(obj, (tuple, list)):
+        return ",".join(_digest(x) for x in obj)
+    if hasattr(obj, "weights"):
+        return f"{type(obj).__name__}({_digest(obj.weights)})"
+    return type(obj).__name__ if not isinstance(obj, (str, int, float)) else str(obj)
 
 
 def clip_family(clip) -> str:
@@ -211,10 +217,30 @@ def _lookup_first(stock_lookup, name: str, vectors: torch.Tensor):
     return lookup
 
 
+def _prediction_of(model_sampling) -> str:
+    """'eps' or 'v' from the sampling object ComfyUI will really use (a ModelSamplingDiscrete node replaces it)."""
+    import comfy.model_sampling as ms
+
+    kind = type(model_sampling)
+    if getattr(ms, "EDM", None) is not None and issubclass(kind, ms.EDM) or not hasattr(model_sampling, "sigmas"):
+        kind_name = "EDM"
+    elif issubclass(kind, ms.V_PREDICTION):
+        return "v"
+    elif issubclass(kind, ms.EPS) and not issubclass(kind, getattr(ms, "X0", ())):
+        return "eps"
+    else:
+        kind_name = kind.__name__
+    raise WrongModelFamilyError(f"This MODEL samples as {kind_name}; Anybody trains eps- and v-prediction SD1.x/SD2.x/"
+                                "SDXL models only. Remove the ModelSampling node before the trainer, or use another checkpoint.")
+
+
+#: rough activation memory of one training sample per pixel, fp16, no checkpointing (an estimate, reserved so
+#: ComfyUI frees other models before loading; the GPU acceptance script measures the real figure)
+_ACTIVATION_BYTES_PER_PIXEL = {"sd1": 6 * 1024, "sd2": 6 * 1024, "sdxl": 4 * 1024}
+
+
 class ComfyHost(Host):
     def __init__(self, model, clip, vae, node_id: str | None = None) -> None:
-        import comfy.model_base
-
         self.model, self.clip, self.vae = model, clip, vae
         self.family = clip_family(clip)
         context = model.model.model_config.unet_config.get("context_dim")
@@ -223,65 +249,142 @@ class ComfyHost(Host):
             raise WrongModelFamilyError(
                 f"The CLIP is {FAMILY_LABEL[self.family]} but the MODEL expects {context}-wide conditioning. "
                 "Connect MODEL, CLIP and VAE from the same checkpoint loader.")
-        self.encoders = {k: ComfyTextEncoder(clip, k) for k in FAMILY_ENCODERS[self.family]}
-        mtype = model.model.model_type
-        if mtype == comfy.model_base.ModelType.EPS:
-            self.prediction = "eps"
-        elif mtype == comfy.model_base.ModelType.V_PREDICTION:
-            self.prediction = "v"
-        else:
-            raise WrongModelFamilyError(f"Model type {mtype.name} is not supported for training (eps or v only).")
+        self.encoders = {k: ComfyTextEncoder(self, k) for k in FAMILY_ENCODERS[self.family]}
+        sampling = model.get_model_object("model_sampling")
+        self.prediction = _prediction_of(sampling)
         self.device = model.load_device
+        base = model.model
+        self.compute_dtype = base.get_dtype_inference() if hasattr(base, "get_dtype_inference") else (
+            base.manual_cast_dtype or base.get_dtype())
+        if self.device.type == "cpu":
+            self.compute_dtype = torch.float32
         self.sink = ComfySink(node_id)
-        sigmas = model.model.model_sampling.sigmas.detach().double().cpu()
+        sigmas = sampling.sigmas.detach().double().cpu()
         self._alphas = 1.0 / (1.0 + sigmas**2)
+        self._train_model = self._train_clip = None
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         return self._alphas
 
-    @contextlib.contextmanager
-    def training(self) -> Iterator[None]:
+    def unet_probe_tensors(self) -> list[torch.Tensor]:
+        """Input/output convolutions as the file has them (a LoRA patched in while loaded is read from the
+        patcher's backup), plus the weight patches' keys and strengths, which change the trained result too."""
+        probes = []
+        for key in ("diffusion_model.input_blocks.0.0.weight", "diffusion_model.out.2.weight"):
+            backup = getattr(self.model, "backup", {}).get(key)
+            weight = getattr(backup, "weight", backup) if backup is not None else _get_attr(self.model.model, key)
+            probes.append(weight)
+        patches = "|".join(f"{k}:{[(p[0], _digest(p[1]), p[2]) for p in v]}" for k, v in sorted(self.model.patches.items()))
+        probes.append(torch.tensor(list(patches.encode()), dtype=torch.uint8))
+        return probes
+
+    def active_model(self):
+        """The training copy while training, else the graph's MODEL (loaded through ComfyUI first)."""
+        if self._train_model is not None:
+            return self._train_model
         import comfy.model_management as mm
 
-        with torch.inference_mode(False), torch.enable_grad():
-            mm.load_models_gpu([self.model, self.clip.patcher])
-            _normal_tensors(self.model.model)
-            _normal_tensors(self.clip.cond_stage_model)
-            with _differentiable_clip(self.clip.cond_stage_model):
-                yield
+        mm.load_models_gpu([self.model])
+        return self.model
 
-    def checkpointing(self, enabled: bool):
+    def active_clip(self):
+        if self._train_clip is not None:
+            return self._train_clip
+        self.clip.load_model()
+        return self.clip
+
+    @contextlib.contextmanager
+    def training(self, batch_pixels: int = 0, checkpointing: bool = False) -> Iterator[None]:
+        """Make and load the training copies (UNet + text encoders) once; unload them afterwards."""
+        import comfy.model_management as mm
+
+        from .comfy_training import load_fully, strip_attention_patches, training_clip, training_patcher, unload
+
+        with torch.inference_mode(False), torch.enable_grad():
+            self.sink.check_cancel()
+            train_model = training_patcher(self.model)
+            stripped = strip_attention_patches(train_model)
+            if stripped:
+                self.sink.log(f"Attention patches on the MODEL are not trained through (removed for training "
+                              f"only): {', '.join(stripped)}")
+            self.sink.check_cancel()
+            train_clip = training_clip(self.clip, train_model.load_device)
+            per_pixel = _ACTIVATION_BYTES_PER_PIXEL[self.family] * torch.finfo(self.compute_dtype).bits // 16
+            reserve = batch_pixels * per_pixel // (4 if checkpointing else 1)
+            try:
+                self.sink.check_cancel()
+                load_fully([train_model, train_clip.patcher], memory_required=reserve)
+                self.sink.log(f"Training on {train_model.load_device} in {str(self.compute_dtype).replace('torch.', '')}"
+                              f" ({reserve / 2**30:.1f} GiB reserved for activations)")
+                self._train_model, self._train_clip = train_model, train_clip
+                with _differentiable_clip(train_clip.cond_stage_model), \
+                        self._checkpointing(train_model, checkpointing):
+                    yield
+            finally:
+                self._train_model = self._train_clip = None
+                unload(train_model)
+                unload(train_clip.patcher)
+                mm.soft_empty_cache()
+
+    @staticmethod
+    def _checkpointing(train_model, enabled: bool):
         if not enabled:
             return contextlib.nullcontext()
-        return _checkpointed_blocks(self.model.model.diffusion_model)
+        return _checkpointed_blocks(train_model.model.diffusion_model)
+
+    def checkpointing(self, enabled: bool):
+        return contextlib.nullcontext()  # applied to the training copy in training()
 
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():  # latents are constants of the loss; the VAE's weights stay out of autograd
-            latents = self.model.model.process_latent_in(self.vae.encode(images[..., :3]).float()).to(self.device)
+        """VAE latents, a few photos at a time so Cancel is honoured; normal tensors (made outside inference mode)."""
+        chunks = []
+        with torch.inference_mode(False), torch.no_grad():
+            for start in range(0, len(images), 4):
+                self.sink.check_cancel()
+                chunks.append(self.vae.encode(images[start:start + 4, ..., :3]).float().cpu().clone())
+            latents = self.model.model.process_latent_in(torch.cat(chunks)).to(self.device)
         return latents, torch.zeros_like(latents)  # ComfyUI's VAE returns the posterior mode
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.vae.decode(self.model.model.process_latent_out(latents.detach())).float().cpu()
 
+    def preview_image(self, latents: torch.Tensor) -> torch.Tensor:
+        """ComfyUI's own latent-to-RGB preview: no VAE load, so the training copy is never evicted mid-run."""
+        fmt = self.model.model.latent_format
+        if getattr(fmt, "latent_rgb_factors", None) is None:
+            return super().preview_image(latents)
+        with torch.no_grad():
+            z = self.model.model.process_latent_out(latents.detach()).float().cpu()
+            factors = torch.tensor(fmt.latent_rgb_factors, dtype=torch.float32)  # [C, 3]
+            bias = getattr(fmt, "latent_rgb_factors_bias", None)
+            rgb = torch.einsum("bchw,cr->bhwr", z, factors)
+            if bias is not None:
+                rgb = rgb + torch.tensor(bias, dtype=torch.float32)
+            rgb = ((rgb + 1) / 2).clamp(0, 1)
+            return torch.nn.functional.interpolate(rgb.permute(0, 3, 1, 2), scale_factor=8, mode="bilinear").permute(0, 2, 3, 1)
+
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
-        base = self.model.model
-        a = self._alphas[t.cpu()].float().to(self.device).view(-1, 1, 1, 1)
+        patcher = self.active_model()
+        base = patcher.model
+        device = patcher.load_device
+        a = self._alphas[t.cpu()].float().to(device).view(-1, 1, 1, 1)
         sigma = ((1 - a) / a).sqrt()
-        x = x_t.to(self.device) / a.sqrt()  # sigma space: x0 + sigma * eps
+        x = x_t.to(device) / a.sqrt()  # sigma space: x0 + sigma * eps
         extra = {}
         if self.family == "sdxl":
             h, w = x.shape[-2] * 8, x.shape[-1] * 8
-            extra["y"] = base.encode_adm(pooled_output=cond.pooled.to(self.device), width=w, height=h, crop_w=0,
+            extra["y"] = base.encode_adm(pooled_output=cond.pooled.to(device), width=w, height=h, crop_w=0,
                                          crop_h=0, target_width=w, target_height=h)
-        x0 = base.apply_model(x, sigma.view(-1), c_crossattn=cond.context.to(self.device),
-                              transformer_options=self.model.model_options.get("transformer_options", {}), **extra).float()
+        options = patcher.model_options.get("transformer_options", {})
+        x0 = base.apply_model(x, sigma.view(-1), c_crossattn=cond.context.to(device), transformer_options=options,
+                              **extra).float()
         eps = (x - x0) / sigma
         return eps if self.prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * x0
 
     def autocast(self):
-        return contextlib.nullcontext()  # ComfyUI already computes in the model's own dtype
+        return contextlib.nullcontext()  # ComfyUI computes in the model's own dtype (loss scaling covers fp16)
 
     def embeddings_dir(self) -> Path:
         import folder_paths

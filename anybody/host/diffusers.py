@@ -77,8 +77,10 @@ class DiffusersHost(Host):
             module.requires_grad_(False).eval().to(self.device)
         if low_memory and self.device.type == "cpu":
             keep_weights_in_half(self.unet)  # ~1.6 GiB less for SD1.5 at the same CPU step time
+            self.dtype = torch.float32
         elif self.unet.dtype != self.dtype:
             self.unet.to(self.dtype)
+        self.compute_dtype = self.dtype
         self.prediction = "v" if scheduler_config.get("prediction_type") == "v_prediction" else "eps"
         self._alphas = _alphas_cumprod(scheduler_config)
         self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
@@ -88,6 +90,9 @@ class DiffusersHost(Host):
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         return self._alphas
+
+    def unet_probe_tensors(self) -> list[torch.Tensor]:
+        return [self.unet.conv_in.weight, self.unet.conv_out.weight]
 
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = images.permute(0, 3, 1, 2).to(self.device, torch.float32) * 2 - 1

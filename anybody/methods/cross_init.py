@@ -7,21 +7,23 @@ them near that start. Only those vectors train; the host's token table and weigh
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ..assets import asset_path, read_lines
-from ..errors import BadInputError, FileExistsAnybodyError
+from ..errors import AnybodyError, BadInputError, FileExistsAnybodyError, OutOfMemoryAnybodyError
 from ..files import safe_name
 from ..host.base import Host, TextEncoder
 from ..identity import Identity
 from ..images import square_batch
-from ..train.engine import StepResult, Trainer
+from ..train.engine import StepResult, Trainer, is_out_of_memory
+from ..train.loss_scale import LossScale
 from ..train.state import TrainingState
 
 DEFAULT_NAMES = asset_path("celebrity_names.txt")
@@ -101,76 +103,151 @@ def images_digest(images: torch.Tensor) -> str:
     return hashlib.sha256((images * 255).round().to(torch.uint8).cpu().numpy().tobytes()).hexdigest()[:16]
 
 
+#: the resolution each family was trained at (SD2.x v-prediction is the 768 model)
+FAMILY_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024}
+
+
+def default_resolution(host: Host) -> int:
+    if host.family == "sd2" and host.prediction == "v":
+        return 768
+    return FAMILY_RESOLUTION[host.family]
+
+
+class TrainedIdentity(NamedTuple):
+    identity: Identity
+    path: Path
+    reused: bool  # True when a file from the same settings, photos and checkpoint was loaded instead of training
+
+
+#: settings that do not change the trained vectors (excluded from the result key)
+_NOT_IN_RESULT = ("save_every", "preview_every", "gradient_checkpointing")
+RESULT_KEY = "anybody.result_key"
+
+
+def result_key(config: dict, fingerprint: str) -> str:
+    fixed = {k: v for k, v in config.items() if k not in _NOT_IN_RESULT}
+    blob = json.dumps({**fixed, "checkpoint": fingerprint}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _reusable(target: Path, key: str) -> Identity | None:
+    """The identity already in ``target`` when it was trained from exactly this key, else None."""
+    if not target.is_file():
+        return None
+    try:
+        identity = Identity.load(target)
+    except AnybodyError:
+        return None
+    return identity if identity.metadata.get(RESULT_KEY) == key else None
+
+
 def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = CrossInitConfig(),
                      names_file: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-                     ) -> tuple[Identity, Path]:
-    """Train an identity on ``host`` from face photos and write ``<name>.safetensors`` into its embeddings folder."""
+                     ) -> TrainedIdentity:
+    """Train an identity on ``host`` from face photos and write ``<name>.safetensors`` into its embeddings folder.
+
+    Run again with the same photos, settings and checkpoint (a re-queued graph), it loads that file instead of
+    training again. ``config.resolution`` 0 means the family's own (SD1.x 512, SD2-768-v 768, SDXL 1024).
+    """
     name = safe_name(name)
-    if config.steps < 1 or config.batch < 1 or config.grad_accum < 1 or not config.lr > 0:
-        raise BadInputError("steps, batch and grad_accum must be at least 1 and lr must be positive.")
+    if config.steps < 1 or config.batch < 1 or config.grad_accum < 1 or not 0 < config.lr < 1e3:
+        raise BadInputError("steps, batch and grad_accum must be at least 1 and lr must be positive (and small).")
+    if config.resolution == 0:
+        config = replace(config, resolution=default_resolution(host))
+    if config.resolution < 64 or config.resolution % 64:
+        raise BadInputError(f"resolution {config.resolution} must be a multiple of 64, at least 64 (0: the model's own).")
     pixels = square_batch(images, config.resolution, config.center_crop)
     names_path = Path(names_file) if names_file else DEFAULT_NAMES
     if not names_path.is_file():
         raise BadInputError(f"Celebrity name file not found: {names_path}")
     names = read_lines(names_path)
     target = host.embeddings_dir() / f"{name}.safetensors"
-    state = TrainingState(host.state_dir(), name, {
-        **asdict(config), "method": "cross_init", "family": host.family, "images": images_digest(pixels),
-        "names": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]})
+    run_config = {**asdict(config), "method": "cross_init", "family": host.family, "images": images_digest(pixels),
+                  "names": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]}
+    key = result_key(run_config, host.fingerprint())
+    reused = _reusable(target, key)
+    if reused is not None:
+        host.sink.log(f"'{name}' was already trained with these photos, settings and checkpoint: loaded {target}, "
+                      "not retrained.")
+        return TrainedIdentity(Identity(name, reused.family, reused.vectors, reused.method, reused.metadata), target, True)
+    state = TrainingState(host.state_dir(), name, run_config)
     resuming = resume and state.exists()
+    if resuming:
+        state.check_resumable()
     if target.exists() and not (overwrite or resuming):
-        raise FileExistsAnybodyError(f"{target} already exists. Choose another name, enable 'overwrite', "
-                                     "or enable 'resume' to continue its training.")
+        raise FileExistsAnybodyError(f"{target} already exists from other photos, settings or another checkpoint. "
+                                     "Choose another name, enable 'overwrite', or enable 'resume' to continue its training.")
     word = f"<{name}>"
     templates = read_lines(TEMPLATES)
-    with host.training(), host.checkpointing(config.gradient_checkpointing):
-        init = {k: cross_init_vectors(enc, names, config.num_vectors) for k, enc in host.encoders.items()}
-        theta = {k: v.clone().to(host.device).requires_grad_(True) for k, v in init.items()}
-        optimizer = torch.optim.AdamW(list(theta.values()), lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
-                                      weight_decay=config.weight_decay)
-        start = state.load(theta, optimizer) if resuming else 0
-        host.sink.log(f"Cross-Init '{name}': {len(pixels)} photo(s), {config.steps} steps, lr {config.lr}, "
-                      f"batch {config.batch}x{config.grad_accum}" + (f", resuming at step {start}" if start else ""))
-        # Latent mean/std of each photo and its mirror image, computed once: the official script re-encodes
-        # every step (27 % of its step time); sampling from the cached posterior gives the same distribution.
-        mean, std = host.encode_images(torch.cat([pixels, pixels.flip(2)]))
-        alphas = host.alphas_cumprod.float().to(host.device)
-        n_img = len(pixels)
+    # Latent mean/std of each photo and its mirror image, computed once and before the UNet loads: the official
+    # script re-encodes every step (27 % of its step time); sampling from the cached posterior gives the same
+    # distribution.
+    host.sink.check_cancel()
+    mean, std = host.encode_images(torch.cat([pixels, pixels.flip(2)]))
+    n_img = len(pixels)
+    batch_pixels = config.batch * config.resolution**2
+    try:
+        with host.training(batch_pixels, config.gradient_checkpointing):
+            init = {}
+            for k, enc in host.encoders.items():
+                host.sink.check_cancel()
+                init[k] = cross_init_vectors(enc, names, config.num_vectors)
+            theta = {k: v.clone().to(host.device).requires_grad_(True) for k, v in init.items()}
+            optimizer = torch.optim.AdamW(list(theta.values()), lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
+                                          weight_decay=config.weight_decay)
+            start = state.load(theta, optimizer) if resuming else 0
+            scale = LossScale() if host.compute_dtype == torch.float16 else None
+            if scale is not None:
+                scale.restore(state.extra.get("loss_scale"))
+            host.sink.log(f"Cross-Init '{name}': {len(pixels)} photo(s) at {config.resolution} px, {config.steps} "
+                          f"steps, lr {config.lr}, batch {config.batch}x{config.grad_accum}"
+                          + (", fp16 with loss scaling" if scale else "")
+                          + (f", resuming at step {start}" if start else ""))
+            mean, std = mean.to(host.device), std.to(host.device)
+            alphas = host.alphas_cumprod.float().to(host.device)
 
-        def loss_fn(gen: torch.Generator) -> StepResult:
-            idx = torch.randint(n_img, (config.batch,), generator=gen)
-            idx = idx + n_img * (torch.rand(config.batch, generator=gen) < config.flip_p).long()
-            noise_z = torch.randn(mean[idx].shape, generator=gen).to(host.device)
-            z0 = mean[idx] + std[idx] * noise_z
-            t = torch.randint(0, len(alphas), (config.batch,), generator=gen)
-            eps = torch.randn(z0.shape, generator=gen).to(host.device)
-            picks = torch.randint(len(templates), (config.batch,), generator=gen).tolist()
-            prompts = [templates[j].format(f"face of {word} person") for j in picks]
-            a = alphas[t.to(host.device)].view(-1, 1, 1, 1)
-            x_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
-            with host.autocast():
-                cond = host.encode_prompts(prompts, {word: theta})
-                pred = host.predict(x_t, t, cond).float()
-            target_ = eps if host.prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * z0
-            loss = F.mse_loss(pred, target_) + regulariser(theta, init, config.reg_weight)
+            def loss_fn(gen: torch.Generator) -> StepResult:
+                idx = torch.randint(n_img, (config.batch,), generator=gen)
+                idx = idx + n_img * (torch.rand(config.batch, generator=gen) < config.flip_p).long()
+                noise_z = torch.randn(mean[idx].shape, generator=gen).to(host.device)
+                z0 = mean[idx] + std[idx] * noise_z
+                t = torch.randint(0, len(alphas), (config.batch,), generator=gen)
+                eps = torch.randn(z0.shape, generator=gen).to(host.device)
+                picks = torch.randint(len(templates), (config.batch,), generator=gen).tolist()
+                prompts = [templates[j].format(f"face of {word} person") for j in picks]
+                a = alphas[t.to(host.device)].view(-1, 1, 1, 1)
+                x_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
+                with host.autocast():
+                    cond = host.encode_prompts(prompts, {word: theta})
+                    pred = host.predict(x_t, t, cond).float()
+                target_ = eps if host.prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * z0
+                loss = F.mse_loss(pred, target_) + regulariser(theta, init, config.reg_weight)
 
-            def preview() -> torch.Tensor:
-                with torch.no_grad():
-                    p, x, aa = pred[:1].detach(), x_t[:1], a[:1]
-                    x0 = (x - (1 - aa).sqrt() * p) / aa.sqrt() if host.prediction == "eps" else aa.sqrt() * x - (1 - aa).sqrt() * p
-                    return host.decode_latents(x0)[0]
+                def preview() -> torch.Tensor:
+                    with torch.no_grad():
+                        p, x, aa = pred[:1].detach(), x_t[:1], a[:1]
+                        x0 = (x - (1 - aa).sqrt() * p) / aa.sqrt() if host.prediction == "eps" else aa.sqrt() * x - (1 - aa).sqrt() * p
+                        return host.preview_image(x0)[0]
 
-            return StepResult(loss, preview)
+                return StepResult(loss, preview)
 
-        trainer = Trainer(theta, optimizer, loss_fn, host.sink, config.steps, config.seed, config.grad_accum,
-                          config.save_every, config.preview_every, state)
-        trainer.run(start)
+            trainer = Trainer(theta, optimizer, loss_fn, host.sink, config.steps, config.seed, config.grad_accum,
+                              config.save_every, config.preview_every, state, loss_scale=scale)
+            trainer.run(start)
+    except BaseException as exc:
+        if not isinstance(exc, AnybodyError) and is_out_of_memory(exc):
+            raise OutOfMemoryAnybodyError(
+                "Out of memory while loading the model for training. Lower 'batch' (raise 'grad_accum' to keep the "
+                "result), turn on gradient_checkpointing or lower the resolution; close other programs using the GPU."
+            ) from exc
+        raise
     identity = Identity(name, host.family, {k: v.detach().cpu() for k, v in theta.items()}, "cross_init", {
         "anybody.steps": str(config.steps), "anybody.lr": str(config.lr), "anybody.seed": str(config.seed),
-        "anybody.source_images": state.config["images"], "anybody.note": "Cross-Init; unvalidated on SD1.5" if host.family == "sd1" else "Cross-Init"})
-    path = identity.save(target, overwrite=overwrite or resuming)
+        "anybody.resolution": str(config.resolution), RESULT_KEY: key,
+        "anybody.source_images": run_config["images"], "anybody.note": "Cross-Init; unvalidated on SD1.5" if host.family == "sd1" else "Cross-Init"})
+    path = identity.save(target, overwrite=True)  # checked above: absent, resumed or overwrite asked for
     host.sink.log(f"Saved {path} — use it as embedding:{name} (ComfyUI) or {name} (A1111).")
-    return identity, path
+    return TrainedIdentity(identity, path, False)
 
 
 def vector_stats(vectors: torch.Tensor) -> dict[str, float]:

@@ -2,8 +2,8 @@
 
 A method supplies its trainable tensors, an optimizer and ``loss_fn(generator) -> StepResult``; the engine
 does the rest the same way for all of them: per-step seeding (so resume is exact), gradient accumulation,
-the NaN guard, progress/preview/cancel through the host sink, periodic saves, and "save state, then
-re-raise" when the user cancels or something fails mid-run.
+loss scaling for fp16 hosts, the NaN guard, progress/preview/cancel through the host sink, periodic saves,
+and "save state, then re-raise" when the user cancels or something fails mid-run.
 """
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from ..errors import TrainingDivergedError
+from ..errors import OutOfMemoryAnybodyError, TrainingDivergedError
+from .loss_scale import LossScale
 from .sink import ProgressSink
 from .state import TrainingState
 
@@ -28,6 +29,10 @@ def step_generator(seed: int, step: int, micro: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + step * 1_009 + micro) % (2**63 - 1))
 
 
+class _Overflow(Exception):
+    """A loss-scaled step produced inf/NaN gradients: compute it again at a lower scale."""
+
+
 @dataclass
 class Trainer:
     params: Mapping[str, torch.Tensor]
@@ -41,6 +46,7 @@ class Trainer:
     preview_every: int = 0
     state: TrainingState | None = None
     after_step: Optional[Callable[[], None]] = None
+    loss_scale: LossScale | None = None  # set for fp16 hosts
 
     def run(self, start_step: int = 0) -> list[float]:
         """Train from ``start_step`` to ``steps``; returns the loss of each step run."""
@@ -49,22 +55,17 @@ class Trainer:
         try:
             for step in range(start_step, self.steps):
                 self.sink.check_cancel()
-                self.optimizer.zero_grad(set_to_none=True)
-                total, preview = 0.0, None
-                for micro in range(self.grad_accum):
-                    result = self.loss_fn(step_generator(self.seed, step, micro))
-                    loss = result.loss / self.grad_accum
-                    if not torch.isfinite(loss):
-                        raise TrainingDivergedError(
-                            f"The loss became {loss.item()} at step {step + 1}. Nothing was written for this run; "
-                            f"the last saved state (step {saved}) is kept. Lower the learning rate or check the images.")
-                    loss.backward()
-                    total += float(loss.detach())
-                    self.sink.check_cancel()
-                    if micro == 0:
-                        preview = result.preview
+                while True:
+                    try:
+                        total, preview = self._accumulate(step)
+                        break
+                    except _Overflow:
+                        if not self.loss_scale.overflowed():
+                            self._diverged_grads(step)
                 self._check_grads(step)
                 self.optimizer.step()
+                if self.loss_scale is not None:
+                    self.loss_scale.step_done()
                 if self.after_step is not None:
                     self.after_step()
                 done = step + 1
@@ -73,23 +74,66 @@ class Trainer:
                                    (done % self.preview_every == 0 or done == self.steps)) else None
                 self.sink.progress(done, self.steps, loss=total, preview=show() if show else None)
                 if self.state is not None and self.save_every and done % self.save_every == 0:
-                    self.state.save(done, self.params, self.optimizer)
+                    self._save(done)
                     saved = done
         except TrainingDivergedError:
             raise
-        except BaseException:  # cancel (host exception / Ctrl-C) or crash: keep what was learned so far
+        except BaseException as exc:  # cancel (host exception / Ctrl-C), out of memory or crash: keep what was learned
             if self.state is not None and done > saved:
-                self.state.save(done, self.params, self.optimizer)
+                self._save(done)
                 self.sink.log(f"Stopped at step {done}/{self.steps}; state saved — queue again with resume on to continue.")
+            if is_out_of_memory(exc):
+                raise OutOfMemoryAnybodyError(
+                    f"Out of memory at step {done + 1}" + (f" (state of step {done} saved: resume continues there)" if
+                                                            self.state is not None and done else "") +
+                    ". Lower 'batch' and raise 'grad_accum' by the same factor (same result), turn on "
+                    "gradient_checkpointing, or lower the resolution; close other programs using the GPU.") from exc
             raise
         if self.state is not None and done > saved:
-            self.state.save(done, self.params, self.optimizer)
+            self._save(done)
         return losses
+
+    def _accumulate(self, step: int) -> tuple[float, Optional[Callable[[], torch.Tensor]]]:
+        """Forward + backward of every micro-batch of ``step``; the gradients are left unscaled in ``.grad``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        scale = self.loss_scale.scale if self.loss_scale is not None else 1.0
+        total, preview = 0.0, None
+        for micro in range(self.grad_accum):
+            result = self.loss_fn(step_generator(self.seed, step, micro))
+            loss = result.loss / self.grad_accum
+            if not torch.isfinite(loss):
+                raise TrainingDivergedError(
+                    f"The loss became {loss.item()} at step {step + 1}. Nothing was written for this run; "
+                    f"the last saved state is kept. Lower the learning rate or check the images.")
+            (loss * scale if scale != 1.0 else loss).backward()
+            total += float(loss.detach())
+            self.sink.check_cancel()
+            if micro == 0:
+                preview = result.preview
+        if scale != 1.0:
+            grads = [p.grad for p in self.params.values() if p.grad is not None]
+            if not all(torch.isfinite(g).all() for g in grads):
+                raise _Overflow()
+            for g in grads:
+                g.div_(scale)
+        return total, preview
+
+    def _save(self, done: int) -> None:
+        extra = {"loss_scale": self.loss_scale.state()} if self.loss_scale is not None else {}
+        self.state.save(done, self.params, self.optimizer, extra)
 
     def _check_grads(self, step: int) -> None:
         for name, p in self.params.items():
             if p.grad is not None and not torch.isfinite(p.grad).all():
-                raise TrainingDivergedError(
-                    f"The gradient of '{name}' became NaN/inf at step {step + 1}. Nothing was written for this run. "
-                    "Lower the learning rate or check the images.")
+                self._diverged_grads(step, name)
 
+    @staticmethod
+    def _diverged_grads(step: int, name: str = "the trained vectors") -> None:
+        raise TrainingDivergedError(
+            f"The gradient of '{name}' became NaN/inf at step {step + 1}. Nothing was written for this run. "
+            "Lower the learning rate or check the images.")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(exc, oom) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())

@@ -31,11 +31,13 @@ class TrainingState:
         self.config = dict(config)
         self.tensors_path = self.directory / f"{name}.state.safetensors"
         self.json_path = self.directory / f"{name}.state.json"
+        self.extra: dict = {}
 
     def exists(self) -> bool:
         return self.json_path.is_file() and self.tensors_path.is_file()
 
-    def save(self, step: int, params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
+    def save(self, step: int, params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+             extra: Mapping[str, object] | None = None) -> None:
         from safetensors.torch import save_file
 
         opt = optimizer.state_dict()
@@ -48,7 +50,7 @@ class TrainingState:
                 else:
                     scalars.setdefault(str(pid), {})[key] = value
         meta = {"step": step, "config": self.config, "config_hash": config_hash(self.config),
-                "param_groups": opt["param_groups"], "optimizer_scalars": scalars}
+                "param_groups": opt["param_groups"], "optimizer_scalars": scalars, "extra": dict(extra or {})}
         # tensors first, then the JSON that points at them: a crash between the two leaves the old JSON,
         # whose step no longer matches the tensors -> load() refuses rather than resuming wrongly.
         atomic_write(self.tensors_path, lambda tmp: save_file(tensors, tmp, metadata={"step": str(step)}), overwrite=True)
@@ -69,11 +71,7 @@ class TrainingState:
         if tensor_step != meta["step"]:
             raise ModelFileError(f"Training state {self.directory}/{self.name}.state.* is inconsistent "
                                  "(interrupted while saving). Delete both files to start over.")
-        if meta["config_hash"] != config_hash(self.config):
-            changed = sorted(k for k in set(meta["config"]) | set(self.config)
-                             if k not in RESUMABLE_CHANGES and meta["config"].get(k) != self.config.get(k))
-            raise BadInputError(f"Cannot resume '{self.name}': these settings differ from the saved run: "
-                                f"{', '.join(changed)}. Use the same settings, or turn resume off and pick a new name.")
+        self._check_config(meta)
         with torch.no_grad():
             for k, p in params.items():
                 p.copy_(tensors[f"param.{k}"].to(p))
@@ -85,7 +83,24 @@ class TrainingState:
         for pid, extra in meta["optimizer_scalars"].items():
             state.setdefault(int(pid), {}).update(extra)
         optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        self.extra = meta.get("extra", {})  # engine state beside the optimizer's (the loss scale)
         return int(meta["step"])
+
+    def check_resumable(self) -> None:
+        """Refuse a resume with other settings before any photo is encoded or model loaded (cheap: reads the JSON)."""
+        try:
+            meta = json.loads(self.json_path.read_text())
+        except Exception as exc:
+            raise ModelFileError(f"Training state {self.json_path} could not be read ({exc}). "
+                                 "Delete it to start over.") from exc
+        self._check_config(meta)
+
+    def _check_config(self, meta: dict) -> None:
+        if meta["config_hash"] != config_hash(self.config):
+            changed = sorted(k for k in set(meta["config"]) | set(self.config)
+                             if k not in RESUMABLE_CHANGES and meta["config"].get(k) != self.config.get(k))
+            raise BadInputError(f"Cannot resume '{self.name}': these settings differ from the saved run: "
+                                f"{', '.join(changed)}. Use the same settings, or turn resume off and pick a new name.")
 
     def clear(self) -> None:
         for path in (self.tensors_path, self.json_path):
