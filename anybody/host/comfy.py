@@ -299,11 +299,16 @@ class ComfyHost(Host):
         """Make and load the training copies (UNet + text encoders) once; unload them afterwards."""
         import comfy.model_management as mm
 
+        from . import comfy_training
         from .comfy_training import load_fully, strip_attention_patches, training_clip, training_patcher, unload
 
+        host_dtype = self.compute_dtype
         with torch.inference_mode(False), torch.enable_grad():
             self.sink.check_cancel()
             train_model = training_patcher(self.model)
+            if comfy_training.bf16_instead_of_fp16(train_model.model, train_model.load_device):
+                comfy_training.to_bf16(train_model)
+                self.compute_dtype = torch.bfloat16
             stripped = strip_attention_patches(train_model)
             if stripped:
                 self.sink.log(f"Attention patches on the MODEL are not trained through (removed for training "
@@ -323,6 +328,7 @@ class ComfyHost(Host):
                     yield
             finally:
                 self._train_model = self._train_clip = None
+                self.compute_dtype = host_dtype
                 unload(train_model)
                 unload(train_clip.patcher)
                 mm.soft_empty_cache()

@@ -91,6 +91,32 @@ def strip_attention_patches(patcher) -> list[str]:
     return removed
 
 
+def bf16_instead_of_fp16(base, device: torch.device) -> bool:
+    """Train in bf16 where the device supports it and ComfyUI computes this UNet in fp16: bf16's range needs no
+    loss scaling. Elsewhere fp16 stays, with the engine's loss scaling; the CPU computes in fp32."""
+    import comfy.model_management as mm
+
+    if device.type == "cpu" or base.get_dtype() != torch.float16 or base.manual_cast_dtype is not None:
+        return False
+    try:
+        return bool(mm.should_use_bf16(device, prioritize_performance=False))
+    except TypeError:  # older signature
+        return bool(mm.should_use_bf16(device))
+
+
+def to_bf16(patcher) -> None:
+    """Store the training copy's UNet in bf16 (it is ours alone); ComfyUI casts inputs to ``diffusion_model.dtype``."""
+    unet = patcher.model.diffusion_model
+    for sub in unet.modules():
+        for name, p in sub._parameters.items():
+            if p is not None and p.is_floating_point():
+                p.data = p.data.to(torch.bfloat16)
+        for name, b in sub._buffers.items():
+            if b is not None and b.is_floating_point():
+                sub._buffers[name] = b.to(torch.bfloat16)
+    unet.dtype = torch.bfloat16
+
+
 def training_clip(clip, device: torch.device):
     """A CLIP whose text model is a training copy loaded on ``device`` (the UNet's, even in LOW_VRAM mode)."""
     patcher = training_patcher(clip.patcher)

@@ -141,6 +141,45 @@ def _reusable(target: Path, key: str) -> Identity | None:
     return identity if identity.metadata.get(RESULT_KEY) == key else None
 
 
+def cross_init_loss(host: Host, theta: dict[str, torch.Tensor], init: dict[str, torch.Tensor], mean: torch.Tensor,
+                    std: torch.Tensor, templates: Sequence[str], word: str, config: CrossInitConfig):
+    """``loss_fn(generator) -> StepResult`` of one Cross-Init step (spec §4): the denoising loss of a batch of
+    photos (mirrored with probability ``flip_p``) at random timesteps under template prompts, plus the regulariser.
+
+    ``mean``/``std``: the cached latent posterior of the photos followed by their mirror images.
+    """
+    mean, std = mean.to(host.device), std.to(host.device)
+    alphas = host.alphas_cumprod.float().to(host.device)
+    n_img = len(mean) // 2
+
+    def loss_fn(gen: torch.Generator) -> StepResult:
+        idx = torch.randint(n_img, (config.batch,), generator=gen)
+        idx = idx + n_img * (torch.rand(config.batch, generator=gen) < config.flip_p).long()
+        noise_z = torch.randn(mean[idx].shape, generator=gen).to(host.device)
+        z0 = mean[idx] + std[idx] * noise_z
+        t = torch.randint(0, len(alphas), (config.batch,), generator=gen)
+        eps = torch.randn(z0.shape, generator=gen).to(host.device)
+        picks = torch.randint(len(templates), (config.batch,), generator=gen).tolist()
+        prompts = [templates[j].format(f"face of {word} person") for j in picks]
+        a = alphas[t.to(host.device)].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
+        with host.autocast():
+            cond = host.encode_prompts(prompts, {word: theta})
+            pred = host.predict(x_t, t, cond).float()
+        target = eps if host.prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * z0
+        loss = F.mse_loss(pred, target) + regulariser(theta, init, config.reg_weight)
+
+        def preview() -> torch.Tensor:
+            with torch.no_grad():
+                p, x, aa = pred[:1].detach(), x_t[:1], a[:1]
+                x0 = (x - (1 - aa).sqrt() * p) / aa.sqrt() if host.prediction == "eps" else aa.sqrt() * x - (1 - aa).sqrt() * p
+                return host.preview_image(x0)[0]
+
+        return StepResult(loss, preview)
+
+    return loss_fn
+
+
 def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = CrossInitConfig(),
                      names_file: str | Path | None = None, resume: bool = False, overwrite: bool = False,
                      ) -> TrainedIdentity:
@@ -184,7 +223,6 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
     # distribution.
     host.sink.check_cancel()
     mean, std = host.encode_images(torch.cat([pixels, pixels.flip(2)]))
-    n_img = len(pixels)
     batch_pixels = config.batch * config.resolution**2
     try:
         with host.training(batch_pixels, config.gradient_checkpointing):
@@ -200,44 +238,18 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
             if scale is not None:
                 scale.restore(state.extra.get("loss_scale"))
             host.sink.log(f"Cross-Init '{name}': {len(pixels)} photo(s) at {config.resolution} px, {config.steps} "
-                          f"steps, lr {config.lr}, batch {config.batch}x{config.grad_accum}"
-                          + (", fp16 with loss scaling" if scale else "")
+                          f"steps, lr {config.lr}, batch {config.batch}x{config.grad_accum}, computing in "
+                          f"{str(host.compute_dtype).replace('torch.', '')}" + (" with loss scaling" if scale else "")
                           + (f", resuming at step {start}" if start else ""))
-            mean, std = mean.to(host.device), std.to(host.device)
-            alphas = host.alphas_cumprod.float().to(host.device)
 
-            def loss_fn(gen: torch.Generator) -> StepResult:
-                idx = torch.randint(n_img, (config.batch,), generator=gen)
-                idx = idx + n_img * (torch.rand(config.batch, generator=gen) < config.flip_p).long()
-                noise_z = torch.randn(mean[idx].shape, generator=gen).to(host.device)
-                z0 = mean[idx] + std[idx] * noise_z
-                t = torch.randint(0, len(alphas), (config.batch,), generator=gen)
-                eps = torch.randn(z0.shape, generator=gen).to(host.device)
-                picks = torch.randint(len(templates), (config.batch,), generator=gen).tolist()
-                prompts = [templates[j].format(f"face of {word} person") for j in picks]
-                a = alphas[t.to(host.device)].view(-1, 1, 1, 1)
-                x_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
-                with host.autocast():
-                    cond = host.encode_prompts(prompts, {word: theta})
-                    pred = host.predict(x_t, t, cond).float()
-                target_ = eps if host.prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * z0
-                loss = F.mse_loss(pred, target_) + regulariser(theta, init, config.reg_weight)
-
-                def preview() -> torch.Tensor:
-                    with torch.no_grad():
-                        p, x, aa = pred[:1].detach(), x_t[:1], a[:1]
-                        x0 = (x - (1 - aa).sqrt() * p) / aa.sqrt() if host.prediction == "eps" else aa.sqrt() * x - (1 - aa).sqrt() * p
-                        return host.preview_image(x0)[0]
-
-                return StepResult(loss, preview)
-
+            loss_fn = cross_init_loss(host, theta, init, mean, std, templates, word, config)
             trainer = Trainer(theta, optimizer, loss_fn, host.sink, config.steps, config.seed, config.grad_accum,
                               config.save_every, config.preview_every, state, loss_scale=scale)
             trainer.run(start)
     except BaseException as exc:
         if not isinstance(exc, AnybodyError) and is_out_of_memory(exc):
             raise OutOfMemoryAnybodyError(
-                "Out of memory while loading the model for training. Lower 'batch' (raise 'grad_accum' to keep the "
+                "Out of memory while preparing training. Lower 'batch' (raise 'grad_accum' to keep the "
                 "result), turn on gradient_checkpointing or lower the resolution; close other programs using the GPU."
             ) from exc
         raise

@@ -55,13 +55,7 @@ class Trainer:
         try:
             for step in range(start_step, self.steps):
                 self.sink.check_cancel()
-                while True:
-                    try:
-                        total, preview = self._accumulate(step)
-                        break
-                    except _Overflow:
-                        if not self.loss_scale.overflowed():
-                            self._diverged_grads(step)
+                total, preview = self.step_gradients(step)
                 self._check_grads(step)
                 self.optimizer.step()
                 if self.loss_scale is not None:
@@ -92,6 +86,16 @@ class Trainer:
         if self.state is not None and done > saved:
             self._save(done)
         return losses
+
+    def step_gradients(self, step: int) -> tuple[float, Optional[Callable[[], torch.Tensor]]]:
+        """Leave the (unscaled) gradients of ``step`` in ``.grad``; an overflowing loss scale is lowered and the
+        step computed again. Returns the step's loss and its lazy preview."""
+        while True:
+            try:
+                return self._accumulate(step)
+            except _Overflow:
+                if not self.loss_scale.overflowed():
+                    self._diverged_grads(step)
 
     def _accumulate(self, step: int) -> tuple[float, Optional[Callable[[], torch.Tensor]]]:
         """Forward + backward of every micro-batch of ``step``; the gradients are left unscaled in ``.grad``."""

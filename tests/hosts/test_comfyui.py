@@ -4,11 +4,9 @@ Builds a random-weight SD1.5-detectable checkpoint (320-channel 2-level UNet, fu
 with the stock CheckpointLoaderSimple, trains through the node in ComfyUI's executor, and checks the stock
 `embedding:<name>` path.
 """
-import asyncio
 import os
 import shutil
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -45,66 +43,15 @@ def _build_checkpoint(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def comfy_env(tmp_path_factory):
+    sys.path.insert(0, str(REPO / "tests" / "hosts"))
+    from comfy_harness import start_comfy
+
     base = tmp_path_factory.mktemp("comfy")
-    for sub in ("checkpoints", "embeddings", "custom_nodes", "input", "output", "temp", "user"):
-        (base / sub).mkdir()
+    (base / "checkpoints").mkdir()
     _build_checkpoint(base / "checkpoints" / "tiny15.safetensors")
-    (base / "custom_nodes" / "anybody").symlink_to(REPO, target_is_directory=True)
+    (base / "input").mkdir()
     shutil.copy(REPO / "anybody" / "assets" / "demo_face.jpg", base / "input" / "face.jpg")
-
-    sys.path.insert(0, COMFY)
-    argv, sys.argv = sys.argv, ["main.py", "--cpu"]
-    import comfy.options
-
-    comfy.options.enable_args_parsing()
-    import comfy.cli_args  # noqa: F401  (parses --cpu)
-
-    sys.argv = argv
-    import folder_paths
-    import utils.extra_config  # noqa: F401  (as main.py does, before anything can shadow the 'utils' package)
-
-    folder_paths.set_output_directory(str(base / "output"))
-    folder_paths.set_input_directory(str(base / "input"))
-    folder_paths.set_temp_directory(str(base / "temp"))
-    folder_paths.folder_names_and_paths["checkpoints"] = ([str(base / "checkpoints")], {".safetensors"})
-    folder_paths.folder_names_and_paths["embeddings"] = ([str(base / "embeddings")], {".safetensors", ".pt"})
-    folder_paths.folder_names_and_paths["custom_nodes"] = ([str(base / "custom_nodes")], set())
-    folder_paths.add_model_folder_path("insightface", str(base / "insightface"))  # as extra_model_paths.yaml does
-    folder_paths.add_model_folder_path("face_parsing", str(base / "face_parsing"))
-    import execution
-    import nodes
-    import server
-
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    server.PromptServer(loop)
-    loop.run_until_complete(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
-    assert "AnybodyCrossInitTrain" in nodes.NODE_CLASS_MAPPINGS, "the pack failed to import (see the log)"
-
-    class Stub:
-        client_id, last_node_id = None, None
-
-        def send_sync(self, *a, **k):
-            pass
-
-        def queue_updated(self):
-            pass
-
-    import inspect
-
-    takes = inspect.signature(execution.PromptExecutor.__init__).parameters  # cache_size before 0.3.6x
-    cache = {"cache_args": {"lru": 0, "ram": 0, "ram_inactive": 0}} if "cache_args" in takes else {"cache_size": 0}
-
-    def run(prompt):
-        pid = str(uuid.uuid4())
-        valid, err, outputs, node_errors = loop.run_until_complete(execution.validate_prompt(pid, prompt, None))
-        assert valid, (err, node_errors)
-        ex = execution.PromptExecutor(Stub(), cache_type=execution.CacheType.CLASSIC, **cache)
-        loop.run_until_complete(ex.execute_async(prompt, pid, {}, outputs))
-        errors = [d for ev, d in ex.status_messages if ev in ("execution_error", "execution_interrupted")]
-        return ex, errors
-
-    return {"base": base, "run": run, "nodes": nodes}
+    return start_comfy(COMFY, base, ["--cpu"])
 
 
 def _graph(**train):
@@ -326,6 +273,31 @@ def test_lora_weights_are_trained_against_and_attention_patches_are_left_out(com
         torch.testing.assert_close(host.predict(x_t, t, cond), plain_out, atol=1e-5, rtol=1e-5)
     assert not calls and any("not trained through" in line and "patches_replace" in line for line in logs)
     assert patched.model_options["transformer_options"]["patches_replace"], "the graph's MODEL keeps its patch"
+
+
+def test_bf16_training_copy_computes_in_bf16_and_leaves_the_graphs_model_alone(comfy_env, monkeypatch):
+    """Where the GPU supports bf16, the fp16 UNet's training copy is stored and computed in bf16 (no loss scaling);
+    forced here on the CPU to run the same code path."""
+    comfy_training = _pack_module("anybody.host.comfy_training")
+    monkeypatch.setattr(comfy_training, "bf16_instead_of_fp16", lambda base, device: True)
+    model, clip, vae = _load_tiny(comfy_env)
+    x0_before = _fixed_x0(model)
+    host = _pack_module("anybody.host.comfy").ComfyHost(model, clip, vae)
+    g = torch.Generator().manual_seed(4)
+    x_t, t = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([300])
+    with torch.no_grad():
+        cond = host.encode_prompts(["a photo of a person"])
+        fp32 = host.predict(x_t, t, cond)
+        with host.training():
+            assert host.compute_dtype == torch.bfloat16
+            assert host.active_model().model.diffusion_model.input_blocks[0][0].weight.dtype == torch.bfloat16
+            bf16 = host.predict(x_t, t, cond)
+    assert host.compute_dtype == torch.float32
+    torch.testing.assert_close(bf16, fp32, atol=0.1, rtol=0.1)
+    assert not torch.equal(bf16, fp32)
+    clip_out, identity, path = _train(comfy_env, model, clip, vae, torch.rand(1, 64, 64, 3), "bf16face")
+    assert torch.isfinite(identity.vectors["clip_l"]).all()
+    assert torch.equal(_fixed_x0(model), x0_before)
 
 
 def test_v_prediction_from_a_model_sampling_node_is_honoured(comfy_env):
