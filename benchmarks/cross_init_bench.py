@@ -43,7 +43,7 @@ class TimingSink(ProgressSink):
         pass
 
 
-def sd15_host(out_dir, device, low_memory=False):
+def sd15_host(out_dir, device, low_memory=False, cpu_compute=None):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -61,7 +61,7 @@ def sd15_host(out_dir, device, low_memory=False):
     vae = AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae"))
     te = CLIPTextModel(CLIPTextConfig.from_json_file(str(cfg / "text_encoder" / "config.json")))
     return DiffusersHost(unet, vae, [DiffusersTextEncoder("clip_l", te, clip_tokenizer())], SD_SCHEDULER, "sd1",
-                         out_dir=out_dir, device=device, low_memory=low_memory)
+                         out_dir=out_dir, device=device, low_memory=low_memory, cpu_compute=cpu_compute)
 
 
 def main() -> None:

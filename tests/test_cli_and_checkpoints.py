@@ -78,3 +78,33 @@ def test_single_file_checkpoint_loads_offline_and_matches_its_source(tmp_path):
         ref = te(input_ids=torch.tensor([host.encoders["clip_l"].rows("a photo of a person", {})]))[0]
         assert torch.allclose(cond.context, ref, atol=1e-5)
         assert torch.allclose(host.predict(x, t, cond), unet(x, t, encoder_hidden_states=ref).sample, atol=1e-4)
+
+
+@pytest.mark.parametrize("file_dtype", [torch.float16, torch.float32])
+def test_low_memory_loads_either_file_dtype_into_fp16_frozen_weights(tmp_path, file_dtype):
+    """--low-memory asks diffusers for fp16 only when the file is fp16 (no fp32 copy ever); an fp32 file loads as
+    stored and is halved in place, so the low-memory peak never exceeds the default's."""
+    import json
+    import shutil
+
+    from ldm_checkpoint import save_sd1_checkpoint
+
+    from anybody.assets import asset_path
+    from anybody.host.checkpoint import load_checkpoint_host, unet_storage_dtype
+    from anybody.host.tiny import tiny_sd1_modules
+
+    unet, vae, te, _ = tiny_sd1_modules(seed=3)
+    ckpt = tmp_path / "tiny.safetensors"
+    save_sd1_checkpoint(ckpt, unet, vae, te, dtype=file_dtype)
+    assert unet_storage_dtype(ckpt) == {torch.float16: "F16", torch.float32: "F32"}[file_dtype]
+    config = tmp_path / "config"
+    shutil.copytree(asset_path("configs", "sd15"), config)
+    unet.save_config(config / "unet")
+    vae.save_config(config / "vae")
+    (config / "text_encoder" / "config.json").write_text(json.dumps(te.config.to_dict()))
+    host = load_checkpoint_host(ckpt, out_dir=tmp_path, config_dir=config, device="cpu", low_memory=True)
+    assert host.unet.conv_in.weight.dtype == torch.float16 and host.unet.conv_norm_out.weight.dtype == torch.float32
+    assert next(host.encoders["clip_l"].model.parameters()).dtype == torch.float32
+    with torch.no_grad():
+        cond = host.encode_prompts(["a photo of a person"])
+        assert host.predict(torch.randn(1, 4, 8, 8), torch.tensor([500]), cond).dtype == torch.float32

@@ -186,6 +186,38 @@ def test_nan_loss_is_a_clear_error_and_writes_nothing(host, faces, monkeypatch):
     assert not (host.state_dir() / "nan.state.json").exists()
 
 
+def test_out_of_memory_is_a_clear_error_with_the_state_saved_and_no_file(host, faces, monkeypatch):
+    from anybody.errors import OutOfMemoryAnybodyError
+
+    real, calls = host.predict, []
+
+    def predict(x_t, t, cond):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(x_t, t, cond)
+
+    monkeypatch.setattr(host, "predict", predict)
+    with pytest.raises(OutOfMemoryAnybodyError, match="Lower 'batch'.*gradient_checkpointing") as err:
+        ci.train_cross_init(host, faces, "oom", replace(FAST, save_every=0))
+    assert "state of step 2 saved" in str(err.value)
+    assert not (host.embeddings_dir() / "oom.safetensors").exists()
+    import json
+
+    assert json.loads((host.state_dir() / "oom.state.json").read_text())["step"] == 2
+
+
+def test_cancel_before_training_starts_is_honoured_and_claims_no_saved_state(host, faces, RecordingSink):
+    class CancelAtOnce(RecordingSink):
+        def check_cancel(self):
+            raise KeyboardInterrupt()
+
+    host.sink = CancelAtOnce()
+    with pytest.raises(KeyboardInterrupt):
+        ci.train_cross_init(host, faces, "early", FAST)
+    assert not host.state_dir().exists() and not any("state saved" in line for line in host.sink.logs)
+
+
 def test_requeue_with_the_same_settings_reuses_the_file_and_other_settings_are_refused(host, faces, RecordingSink):
     first = ci.train_cross_init(host, faces, "dave", replace(FAST, steps=1))
     assert not first.reused

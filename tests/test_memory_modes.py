@@ -46,6 +46,30 @@ def test_half_weights_compute_the_fp16_rounded_model_in_fp32_with_the_same_input
     assert grads[0].abs().sum() > 0
 
 
+def test_bf16_matmuls_keep_fp32_activations_and_the_input_gradient_direction():
+    """--compute bf16: only the Linear/Conv arithmetic is bf16 (as GPU training); outputs and gradients stay close
+    to the fp32 model's and come back in fp32."""
+    from anybody.host.half_weights import freeze_weights
+
+    rounded, _, _ = _unet_pair()
+    bf16 = copy.deepcopy(rounded)
+    assert freeze_weights(bf16, storage=torch.float16, compute=torch.bfloat16) > 0
+    g = torch.Generator().manual_seed(1)
+    x, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 768, generator=g)
+    t = torch.tensor([10, 700])
+    outs, grads = [], []
+    for model in (rounded, bf16):
+        c = ctx.clone().requires_grad_(True)
+        out = model(x, t, encoder_hidden_states=c).sample
+        assert out.dtype == torch.float32
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append(c.grad.flatten())
+    assert not torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(outs[1], outs[0], atol=0.05, rtol=0.05)
+    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+
+
 def test_half_weights_leave_trainable_layers_alone():
     layer = nn.Linear(4, 4)
     assert keep_weights_in_half(layer) == 0 and layer.weight.dtype == torch.float32
