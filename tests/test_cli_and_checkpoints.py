@@ -108,3 +108,24 @@ def test_low_memory_loads_either_file_dtype_into_fp16_frozen_weights(tmp_path, f
     with torch.no_grad():
         cond = host.encode_prompts(["a photo of a person"])
         assert host.predict(torch.randn(1, 4, 8, 8), torch.tensor([500]), cond).dtype == torch.float32
+
+
+def test_plain_reads_give_what_safetensors_gives_and_truncation_is_named(tmp_path):
+    from safetensors.torch import load_file
+
+    from anybody.host.single_file import FileTensors
+
+    tensors = {"f16": torch.randn(3, 5).half(), "f32": torch.randn(7), "bf16": torch.randn(2, 2).bfloat16(),
+               "i64": torch.arange(4), "b": torch.tensor([True, False]), "empty": torch.zeros(0, 3)}
+    path = tmp_path / "t.safetensors"
+    save_file(tensors, str(path), metadata={"k": "v"})
+    reader, reference = FileTensors(path), load_file(str(path))
+    assert sorted(reader.keys()) == sorted(tensors)
+    for key in tensors:
+        got = reader.get_tensor(key)
+        assert got.dtype == reference[key].dtype and torch.equal(got, reference[key]), key
+    path.write_bytes(path.read_bytes()[:-6])
+    cut = FileTensors(path)
+    with pytest.raises(ModelFileError, match="truncated"):
+        for key in tensors:  # the tensor stored last lost its final bytes
+            cut.get_tensor(key)

@@ -62,9 +62,8 @@ def load_checkpoint_host(path: str | Path, out_dir: str | Path = "anybody_out", 
                          config_dir: str | Path | None = None, device: str | None = None, sink=None,
                          low_memory: bool = False, cpu_compute: torch.dtype | None = None):
     """Load a local single-file checkpoint into a :class:`DiffusersHost`, with no network access."""
-    from diffusers import StableDiffusionPipeline
-
     from .diffusers import DiffusersHost, DiffusersTextEncoder
+    from .single_file import load_sd1_modules
 
     family = detect_family(path)
     if family not in SUPPORTED and config_dir is None:
@@ -74,20 +73,14 @@ def load_checkpoint_host(path: str | Path, out_dir: str | Path = "anybody_out", 
     scheduler_config = json.loads((config / "scheduler" / "scheduler_config.json").read_text())
     if prediction:
         scheduler_config["prediction_type"] = "v_prediction" if prediction == "v" else "epsilon"
-    # low_memory with an fp16 file loads in fp16, so that no fp32 copy of the UNet ever exists; with an fp32 file
-    # it loads as the default does and halves the weights in place afterwards (asking diffusers for fp16 there
-    # would hold the fp32 file and the fp16 model at once). Either way the host then keeps only the frozen
-    # Linear/Conv weights in fp16 and everything else (text encoder, VAE, norms) in fp32.
-    half_file = low_memory and unet_storage_dtype(path) == "F16"
+    # low_memory keeps the UNet's weights in fp16, read straight into fp16 whatever the file's dtype, so no fp32
+    # copy of the UNet ever exists; text encoder and VAE are fp32 either way.
     try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            str(path), config=str(config), local_files_only=True, tokenizer=clip_tokenizer(),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-            **({"torch_dtype": torch.float16} if half_file else {}))
-        if half_file:
-            pipe.text_encoder.float(), pipe.vae.float()
+        unet, vae, text_encoder = load_sd1_modules(path, config, torch.float16 if low_memory else torch.float32)
+    except ModelFileError:
+        raise
     except Exception as exc:
         raise ModelFileError(f"Could not load {Path(path).name} as {family}: {exc}") from exc
-    encoder = DiffusersTextEncoder("clip_l", pipe.text_encoder, pipe.tokenizer)
-    return DiffusersHost(pipe.unet, pipe.vae, [encoder], scheduler_config, family, out_dir=out_dir,
+    encoder = DiffusersTextEncoder("clip_l", text_encoder, clip_tokenizer())
+    return DiffusersHost(unet, vae, [encoder], scheduler_config, family, out_dir=out_dir,
                          sink=sink, device=device, low_memory=low_memory, cpu_compute=cpu_compute)
