@@ -7,6 +7,8 @@ from anybody.train.sink import ProgressSink
 class RecordingSink(ProgressSink):
     """Records progress; raises ``cancel_with`` once ``cancel_after`` steps are done (like pressing Cancel)."""
 
+    shows_previews = True
+
     def __init__(self, cancel_after=None, cancel_with=KeyboardInterrupt):
         self.steps, self.previews, self.logs = [], [], []
         self.cancel_after, self.cancel_with = cancel_after, cancel_with

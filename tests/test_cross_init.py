@@ -235,7 +235,12 @@ def test_requeue_with_the_same_settings_reuses_the_file_and_other_settings_are_r
 
 
 def test_family_default_resolution_and_bad_resolutions(host, faces):
+    from types import SimpleNamespace as Host
+
     assert ci.default_resolution(host) == 512
+    assert ci.default_resolution(Host(family="sdxl", prediction="eps")) == 1024
+    assert ci.default_resolution(Host(family="sd2", prediction="v")) == 768
+    assert ci.default_resolution(Host(family="sd2", prediction="eps")) == 512
     for bad in (-64, 32, 100):
         with pytest.raises(BadInputError, match="multiple of 64"):
             ci.train_cross_init(host, faces, "res", replace(FAST, resolution=bad))

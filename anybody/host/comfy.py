@@ -32,6 +32,8 @@ _ENCODER_ATTRS = ("clip_l", "clip_h", "clip_g")
 class ComfySink(ProgressSink):
     """The node's progress bar (with preview images) and ComfyUI's Cancel button."""
 
+    shows_previews = True
+
     def __init__(self, node_id: str | None = None) -> None:
         self.node_id, self.pbar = node_id, None
 

@@ -96,10 +96,16 @@ class DiffusersHost(Host):
         return [self.unet.conv_in.weight, self.unet.conv_out.weight]
 
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = images.permute(0, 3, 1, 2).to(self.device, torch.float32) * 2 - 1
-        with torch.no_grad():
-            dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
-        return dist.mean.float() * self.scaling_factor, dist.std.float() * self.scaling_factor
+        """Latent mean/std, two photos at a time: the VAE encoder's activations (about 0.25 GiB per 512 px photo)
+        would otherwise grow with the number of photos."""
+        means, stds = [], []
+        for start in range(0, len(images), 2):
+            x = images[start:start + 2].permute(0, 3, 1, 2).to(self.device, torch.float32) * 2 - 1
+            with torch.no_grad():
+                dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+            means.append(dist.mean.float() * self.scaling_factor)
+            stds.append(dist.std.float() * self.scaling_factor)
+        return torch.cat(means), torch.cat(stds)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -64,7 +64,7 @@ class Trainer:
                     self.after_step()
                 done = step + 1
                 losses.append(total)
-                show = preview if (preview is not None and self.preview_every and
+                show = preview if (preview is not None and self.preview_every and self.sink.shows_previews and
                                    (done % self.preview_every == 0 or done == self.steps)) else None
                 self.sink.progress(done, self.steps, loss=total, preview=show() if show else None)
                 if self.state is not None and self.save_every and done % self.save_every == 0:

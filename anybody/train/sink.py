@@ -11,6 +11,9 @@ import torch
 class ProgressSink:
     """Base sink: silent, never cancels. Hosts subclass it (ComfyUI progress bar, A1111 ``shared.state``)."""
 
+    #: whether preview images are shown: a console cannot, and decoding one costs a VAE pass (and its memory)
+    shows_previews = False
+
     def progress(self, step: int, total: int, loss: float | None = None, preview: Optional[torch.Tensor] = None) -> None:
         """Report that ``step`` of ``total`` steps are done; ``preview`` is an optional ``[H,W,3]`` 0..1 image."""
 

@@ -151,6 +151,26 @@ def test_cancel_is_an_interrupt_and_resume_equals_an_uninterrupted_run(comfy_env
     torch.testing.assert_close(resumed, full, atol=1e-6, rtol=1e-6)
 
 
+def test_a_name_list_from_the_models_folder_is_offered_and_used(comfy_env):
+    """names_file: any .txt in models/celebrity_names (here the test's registered folder), e.g. wiki_names_v2.txt."""
+    from safetensors import safe_open
+
+    folder = comfy_env["base"] / "celebrity_names"
+    folder.mkdir(exist_ok=True)
+    (folder / "my_names.txt").write_text("Tom Hanks\nMeryl Streep\nDenzel Washington\n")
+    node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyCrossInitTrain"]
+    assert "my_names.txt" in node.INPUT_TYPES()["required"]["names_file"][0]
+    ex, errors = comfy_env["run"](_graph(name="ownnames", names_file="my_names.txt", steps=1))
+    assert ex.success, errors
+    ex, errors = comfy_env["run"](_graph(name="bundlednames", steps=1))
+    assert ex.success, errors
+    keys = []
+    for name in ("ownnames", "bundlednames"):
+        with safe_open(str(comfy_env["base"] / "embeddings" / f"{name}.safetensors"), framework="pt") as f:
+            keys.append(f.metadata()["anybody.result_key"])
+    assert keys[0] != keys[1], "the name list is part of what was trained"
+
+
 def test_requeue_with_the_same_settings_reuses_the_file_without_training(comfy_env):
     ex, errors = comfy_env["run"](_graph(name="requeue"))
     assert ex.success, errors
