@@ -46,15 +46,11 @@ def sd15_modules(dry: bool):
     torch.manual_seed(0)
     cfg = asset_path("configs", "sd15")
     if dry:
-        unet = UNet2DConditionModel(sample_size=8, layers_per_block=1, block_out_channels=(320, 640),
-                                    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
-                                    attention_head_dim=8)
-        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    else:
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(cfg / "unet"))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae"))
+        from ldm_checkpoint import comfy_detectable_sd15
+
+        return comfy_detectable_sd15(seed=0)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(cfg / "unet"))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(cfg / "vae"))
     te = CLIPTextModel(CLIPTextConfig.from_json_file(str(cfg / "text_encoder" / "config.json")))
     return unet, vae, te
 

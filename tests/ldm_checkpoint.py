@@ -78,3 +78,21 @@ def save_sd1_checkpoint(path, unet, vae, text_encoder, dtype=torch.float16) -> N
           **vae_to_ldm(vae.state_dict(), len(vae.config.block_out_channels)),
           **clip_to_ldm(text_encoder.state_dict())}
     save_file({k: v.detach().to(dtype).contiguous() for k, v in sd.items()}, str(path))
+
+
+def comfy_detectable_sd15(seed: int = 0):
+    """Random modules ComfyUI detects as SD1.5 (320-channel 2-level UNet, full CLIP-L and SD VAE): the smallest
+    checkpoint the stock CheckpointLoaderSimple accepts as SD1.5 (hosts/comfyui.md §13)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=8, layers_per_block=1, block_out_channels=(320, 640),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
+                                attention_head_dim=8)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    te = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                      num_attention_heads=12, hidden_act="quick_gelu", max_position_embeddings=77))
+    return unet, vae, te

@@ -23,6 +23,22 @@ def _unet_pair():
     return rounded, half, saved
 
 
+def _outputs_and_context_grads(models, seed):
+    """Each model's output and the gradient reaching its text context, for one fixed input (fp32 out required)."""
+    g = torch.Generator().manual_seed(seed)
+    x, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 768, generator=g)
+    t = torch.tensor([10, 700])
+    outs, grads = [], []
+    for model in models:
+        c = ctx.clone().requires_grad_(True)
+        out = model(x, t, encoder_hidden_states=c).sample
+        assert out.dtype == torch.float32
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append(c.grad)
+    return outs, grads
+
+
 def test_half_weights_compute_the_fp16_rounded_model_in_fp32_with_the_same_input_gradients():
     rounded, half, saved = _unet_pair()
     n_weights = sum(m.weight.numel() for m in rounded.modules() if type(m) in (nn.Linear, nn.Conv2d))
@@ -30,17 +46,7 @@ def test_half_weights_compute_the_fp16_rounded_model_in_fp32_with_the_same_input
     assert all(m.weight.dtype == torch.float16 for m in half.modules() if type(m) in (nn.Linear, nn.Conv2d))
     assert all(p.dtype == torch.float32 for m in half.modules() if type(m) not in (nn.Linear, nn.Conv2d)
                for p in m.parameters(recurse=False))
-    g = torch.Generator().manual_seed(0)
-    x, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 768, generator=g)
-    t = torch.tensor([10, 700])
-    outs, grads = [], []
-    for model in (rounded, half):
-        c = ctx.clone().requires_grad_(True)
-        out = model(x, t, encoder_hidden_states=c).sample
-        assert out.dtype == torch.float32
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        outs.append(out.detach())
-        grads.append(c.grad)
+    outs, grads = _outputs_and_context_grads((rounded, half), seed=0)
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
     assert grads[0].abs().sum() > 0
@@ -54,20 +60,10 @@ def test_bf16_matmuls_keep_fp32_activations_and_the_input_gradient_direction():
     rounded, _, _ = _unet_pair()
     bf16 = copy.deepcopy(rounded)
     assert freeze_weights(bf16, storage=torch.float16, compute=torch.bfloat16) > 0
-    g = torch.Generator().manual_seed(1)
-    x, ctx = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 77, 768, generator=g)
-    t = torch.tensor([10, 700])
-    outs, grads = [], []
-    for model in (rounded, bf16):
-        c = ctx.clone().requires_grad_(True)
-        out = model(x, t, encoder_hidden_states=c).sample
-        assert out.dtype == torch.float32
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        outs.append(out.detach())
-        grads.append(c.grad.flatten())
+    outs, grads = _outputs_and_context_grads((rounded, bf16), seed=1)
     assert not torch.equal(outs[0], outs[1])
     torch.testing.assert_close(outs[1], outs[0], atol=0.05, rtol=0.05)
-    assert torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0) > 0.99
+    assert torch.nn.functional.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0) > 0.99
 
 
 def test_half_weights_leave_trainable_layers_alone():

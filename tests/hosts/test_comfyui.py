@@ -19,19 +19,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _tiny_modules():
     """The random SD1.5-detectable modules (seeded, so they can be rebuilt to read their configs)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    sys.path.insert(0, str(REPO / "tests"))
+    from ldm_checkpoint import comfy_detectable_sd15
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=8, layers_per_block=1, block_out_channels=(320, 640),
-                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=768,
-                                attention_head_dim=8)
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    te = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                      num_attention_heads=12, hidden_act="quick_gelu", max_position_embeddings=77))
-    return unet, vae, te
+    return comfy_detectable_sd15(seed=0)
 
 
 def _build_checkpoint(path: Path) -> None:
