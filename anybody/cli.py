@@ -23,7 +23,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-every", type=int, help="save resumable state every N steps (default 100)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute UNet activations in the backward pass: less memory, about 1/3 slower")
-    p.add_argument("--resume", action="store_true", help="continue a cancelled run of the same name")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run of the same name")
+    p.add_argument("--restart", action="store_true", help="discard a stopped run's saved progress and start over")
     p.add_argument("--overwrite", action="store_true", help="replace an existing embedding of that name")
     p.add_argument("--names", help="celebrity name list (one per line) instead of the bundled one")
     p.add_argument("--out", default="anybody_out", help="output folder (embeddings/ and training_state/ inside)")
@@ -61,7 +62,7 @@ def cmd_train_cross_init(args) -> int:
     host = load_checkpoint_host(args.checkpoint, out_dir=args.out, prediction=args.prediction,
                                 low_memory=args.low_memory, cpu_compute=_cpu_compute(args.compute))
     identity, path, _ = train_cross_init(host, images, args.name, _config(args), names_file=args.names,
-                                      resume=args.resume, overwrite=args.overwrite)
+                                         resume=args.resume, overwrite=args.overwrite, restart=args.restart)
     stats = {k: round(v, 3) for k, v in vector_stats(next(iter(identity.vectors.values()))).items()}
     print(f"{path}\n{identity.describe()} {stats}")
     return 0
@@ -82,7 +83,7 @@ def cmd_demo(args) -> int:
     host = tiny_host(args.out, seed=args.seed)
     images = load_images([asset_path("demo_face.jpg")])
     identity, path, _ = train_cross_init(host, images, args.name, _config(args, resolution=64, save_every=10),
-                                      resume=args.resume, overwrite=True)
+                                         resume=args.resume, restart=not args.resume, overwrite=True)
     cond = host.encode_prompts([f"a photo of {identity.word} person"], {identity.word: identity.vectors})
     print(f"\nDone in {time.perf_counter() - start:.1f} s: {path}\n{identity.describe()}; "
           f"conditioning {tuple(cond.context.shape)}. Load it with diffusers `load_textual_inversion`, ComfyUI "
@@ -102,6 +103,7 @@ def cmd_align(args) -> int:
     tpl = template(args.template)
     files = image_files(args.input)
     out = Path(args.output)
+    _check_output_apart_from_input(Path(args.input), out, files, args.output_inside_input)
     models = load_face_models(args.pack, [Path(args.models_root).expanduser()], args.provider)
     reference = None
     if args.select == "most_similar":
@@ -130,6 +132,22 @@ def cmd_align(args) -> int:
                  overwrite=True)
     print(f"{len(records)} crop(s) and landmarks.json in {out}" + (f"; {len(skipped)} skipped" if skipped else ""))
     return 0
+
+
+def _check_output_apart_from_input(source: Path, out: Path, files: list[Path], allowed: bool) -> None:
+    """Crops never land on the photos they came from: an output folder that is, contains or is inside the input
+    folder is refused unless asked for, and a crop that would replace an input file is refused always."""
+    src, dst = source.resolve(), out.resolve()
+    folder = src if src.is_dir() else src.parent
+    overlapping = dst == folder or folder in dst.parents or dst in folder.parents
+    if overlapping and not allowed and src.is_dir():
+        raise AnybodyError(f"The output folder {out} is, contains or lies inside the input folder {source}; crops would "
+                           "mix with (or replace) your photos. Choose a separate folder, or pass --output-inside-input.")
+    inputs = {f.resolve() for f in files}
+    clash = [f.name for f in files if (dst / f"{f.stem}.png").resolve() in inputs]
+    if clash:
+        raise AnybodyError(f"Writing the crops to {out} would replace input photo(s) {', '.join(clash[:3])}. "
+                           "Choose another output folder.")
 
 
 def _save_png(array, path) -> None:
@@ -172,17 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--reference", help="with --select most_similar: a photo of the person")
     al.add_argument("--if-no-face", default="skip", choices=["skip", "error", "pass_through"])
     al.add_argument("--overwrite", action="store_true", help="replace crops already in the output folder")
+    al.add_argument("--output-inside-input", action="store_true",
+                    help="allow an output folder that is or lies inside the input folder (input files are never replaced)")
     al.set_defaults(func=cmd_align)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .train.interrupts import install_sigterm_as_interrupt
+
     args = build_parser().parse_args(argv)
+    install_sigterm_as_interrupt()
     try:
         return args.func(args)
     except AnybodyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: state saved; run again with --resume to continue.", file=sys.stderr)
+        print("\ninterrupted.", file=sys.stderr)  # the trainer has said whether progress was saved
         return 130

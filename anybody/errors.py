@@ -5,6 +5,12 @@ they are written for the person at the keyboard, not for a developer reading a t
 """
 
 
+def _torch_oom() -> type:
+    import torch
+
+    return getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+
+
 class AnybodyError(Exception):
     """A problem the user can fix; the message says how."""
 
@@ -33,5 +39,6 @@ class TrainingCancelled(Exception):
     """Raised by non-ComfyUI hosts when the user cancels; ComfyUI raises its own interrupt exception."""
 
 
-class OutOfMemoryAnybodyError(AnybodyError):
-    """The device ran out of memory; the message names what to lower, and the state is saved."""
+class OutOfMemoryAnybodyError(AnybodyError, _torch_oom()):
+    """The device ran out of memory; the message names what to lower, and the state is saved. It is also a
+    ``torch.OutOfMemoryError``, so hosts still run their own out-of-memory cleanup (ComfyUI unloads models)."""

@@ -57,9 +57,15 @@ def safe_name(name: str) -> str:
 
 
 def _file_mode() -> int:
-    """0666 less the process umask: what ``open()`` would give, so other users (a webui in Docker) can read it."""
-    umask = os.umask(0)
-    os.umask(umask)
+    """0666 less the process umask: what ``open()`` would give, so other users (a webui in Docker) can read it.
+
+    The umask is read, not set and restored: hosts run nodes in threads, and a moment of umask 0 would leak into
+    files other threads create then."""
+    try:
+        with open("/proc/self/status") as status:
+            umask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = 0o022
     return 0o666 & ~umask
 
 
@@ -95,8 +101,11 @@ def _fsync_dir(directory: Path) -> None:
     """Make the rename itself durable (POSIX); Windows cannot open folders and needs no such step."""
     if os.name != "posix":
         return
-    fd = os.open(directory, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some network/FUSE mounts refuse fsync on folders; the rename itself has happened
+        pass

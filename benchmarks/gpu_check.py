@@ -67,32 +67,59 @@ def comfy_worker(args) -> dict:
     from comfy_harness import pack_module, start_comfy
 
     flags = (["--cpu"] if args.dry else []) + GPU_MODES.get(args.worker, [])
-    env = start_comfy(args.comfyui, Path(args.base) / args.worker, flags)
+    env = start_comfy(args.comfyui, Path(args.base) / args.worker, flags, as_launched=True)
     ckpt_dir = Path(args.base) / args.worker / "checkpoints"
     os.symlink(args.ckpt, ckpt_dir / "check15.safetensors") if not (ckpt_dir / "check15.safetensors").exists() else None
     import comfy.model_management as mm
     import comfy.utils
 
     nodes = env["nodes"]
-    cuda = torch.cuda.is_available() and not args.dry
-    size, steps = (64, 5) if args.dry else (512, 25)
     result = {"mode": args.worker, "flags": " ".join(flags) or "(default)"}
+    cuda = torch.cuda.is_available() and not args.dry
+    for throttle in ("PROGRESS_THROTTLE_MIN_INTERVAL", "PROGRESS_THROTTLE_MIN_PERCENT"):  # every step reported
+        if hasattr(comfy.utils, throttle):
+            setattr(comfy.utils, throttle, 0)
+    try:
+        import comfy.memory_management
+
+        result["dynamic_vram"] = bool(getattr(comfy.memory_management, "aimdo_enabled", False))
+    except ImportError:
+        result["dynamic_vram"] = False
+    size, steps = (64, 5) if args.dry else (512, 25)
     stamps = []
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None, **kw: stamps.append(time.perf_counter()))
+
+    def on_progress(value, total, preview, node_id=None, **kw):
+        if str(node_id) == "3" or node_id is None and total == steps:  # the trainer's bar only
+            stamps.append(time.perf_counter())
+
+    comfy.utils.set_progress_bar_global_hook(on_progress)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     train = {"name": "gpucheck", "preset": "custom" if args.dry else "fast-25", "steps": steps, "lr": 0.005,
              "batch": 2 if args.dry else 8, "grad_accum": 1, "resolution": size, "seed": 0, "save_every": 0,
-             "preview_every": 5, "resume": False, "overwrite": True, "names_file": "bundled (1,180 names)",
+             "preview_every": 5, "saved_progress": "start over", "overwrite": True, "names_file": "bundled (1,180 names)",
              "gradient_checkpointing": False}
-    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "check15.safetensors"}},
+    def sampling(clip_link, tag):
+        """KSampler on the loader's MODEL; the positive prompt goes through ``clip_link`` (the trainer's CLIP
+        orders sampling after training)."""
+        return {"4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a person", "clip": clip_link}},
+                "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
+                "6": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+                "7": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 1, "steps": 4, "cfg": 7.0,
+                                                           "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+                                                           "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0]}},
+                "8": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": f"check_{tag}"}}}
+
+    loader = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "check15.safetensors"}}}
+    graph = {**loader,
              "2": {"class_type": "EmptyImage", "inputs": {"width": size, "height": size, "batch_size": 1, "color": 0x996655}},
              "3": {"class_type": "AnybodyCrossInitTrain", "inputs": {"model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2],
-                                                                    "images": ["2", 0], **train}}}
+                                                                    "images": ["2", 0], **train}},
+             **sampling(["3", 0], "after")}
     t0 = time.perf_counter()
     ex, errors = env["run"](graph)  # cold: nothing was loaded or sampled before in this process
     result["train_ok"] = bool(ex.success)
-    result["train_s"] = round(time.perf_counter() - t0, 2)
+    result["train_and_sample_s"] = round(time.perf_counter() - t0, 2)
     if not ex.success:
         result["error"] = (errors[0].get("exception_message", str(errors[0])) if errors else "failed")[:400]
         return result
@@ -109,29 +136,17 @@ def comfy_worker(args) -> dict:
         plain = encode(clip, "a photo of a person")[0]
     result["embedding_loads"] = not torch.allclose(stock[0][0].float(), plain[0][0].float())
 
-    # a KSampler on the graph's MODEL after training gives what a fresh, untrained load gives
-    latents = {}
-    for tag, trained in (("after", True), ("fresh", False)):
-        sample = {"4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a photo of a person",
-                                                                    "clip": ["3", 0] if trained else ["1", 1]}},
-                  "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["1", 1]}},
-                  "6": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
-                  "7": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "seed": 1, "steps": 4, "cfg": 7.0,
-                                                             "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
-                                                             "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0]}},
-                  "8": {"class_type": "SaveLatent", "inputs": {"samples": ["7", 0], "filename_prefix": f"check_{tag}"}}}
-        graph_b = {**(graph if trained else {"1": graph["1"]}), **sample}
-        if trained:
-            graph_b["3"]["inputs"]["overwrite"] = False  # re-queued: reuses the trained file
-        ex, errors = env["run"](graph_b)  # a new executor: the checkpoint is loaded again, nothing cached
-        if not ex.success:
-            result["error"] = f"sampling ({tag}): " + str(errors[:1])[:300]
-            return result
-        from safetensors.torch import load_file
+    # the graph's MODEL, sampled in the same prompt after training, equals a fresh load that never trained
+    ex, errors = env["run"]({**loader, **sampling(["1", 1], "fresh")})  # a new executor: loaded again
+    if not ex.success:
+        result["error"] = "sampling a fresh load: " + str(errors[:1])[:300]
+        return result
+    from safetensors.torch import load_file
 
-        (saved,) = sorted((Path(args.base) / args.worker / "output").rglob(f"check_{tag}_*.latent"))[-1:]
-        latents[tag] = load_file(str(saved))["latent_tensor"].float()
-    result["ksampler_unchanged"] = bool(torch.allclose(latents["after"], latents["fresh"], atol=1e-3, rtol=1e-3))
+    latents = {tag: load_file(str(sorted((Path(args.base) / args.worker / "output").rglob(f"check_{tag}_*.latent"))[-1]))
+               ["latent_tensor"].float() for tag in ("after", "fresh")}
+    result["ksampler_unchanged"] = bool(torch.allclose(latents["after"], latents["fresh"], atol=1e-3, rtol=1e-3,
+                                                       equal_nan=True))
 
     # gradient of θ in the training dtype (bf16 or fp16 + loss scale) against an fp32 copy of the same checkpoint
     mm.unload_all_models()
@@ -180,14 +195,23 @@ def grad_cosine(pack_module, model, clip, vae, path: Path, size: int, batch: int
 
 def run_comfy_modes(args, ckpt: Path) -> list[dict]:
     modes = ["dry"] if args.dry else list(GPU_MODES)
+    known_flags = (Path(args.comfyui) / "comfy" / "cli_args.py").read_text()
     rows = []
     for mode in modes:
+        missing = [f for f in GPU_MODES.get(mode, []) if f not in known_flags]
+        if missing:  # e.g. --disable-dynamic-vram before ComfyUI had DynamicVRAM
+            rows.append({"mode": mode, "skipped": f"this ComfyUI has no {' '.join(missing)}"})
+            print(json.dumps(rows[-1]), flush=True)
+            continue
         cmd = [sys.executable, __file__, "--worker", mode, "--comfyui", args.comfyui, "--ckpt", str(ckpt),
                "--base", args.base] + (["--dry"] if args.dry else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mode_timeout)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        row = json.loads(lines[-1]) if lines else {"mode": mode, "train_ok": False,
-                                                  "error": (proc.stderr or proc.stdout)[-600:]}
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mode_timeout)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            row = json.loads(lines[-1]) if lines else {"mode": mode, "train_ok": False,
+                                                      "error": (proc.stderr or proc.stdout)[-600:]}
+        except subprocess.TimeoutExpired as exc:
+            row = {"mode": mode, "train_ok": False, "error": f"no result within {exc.timeout} s"}
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
@@ -251,8 +275,9 @@ def diffusers_check(args) -> dict:
 # --- report -------------------------------------------------------------------------------------------------
 
 def table(rows: list[dict]) -> str:
-    cols = ["mode", "train_ok", "s_per_step", "train_s", "peak_vram_gib", "compute_dtype", "grad_cos_vs_fp32",
-            "embedding_loads", "ksampler_unchanged", "memory_ratio", "error"]
+    cols = ["mode", "dynamic_vram", "train_ok", "s_per_step", "train_s", "train_and_sample_s", "peak_vram_gib",
+            "compute_dtype", "grad_cos_vs_fp32", "embedding_loads", "ksampler_unchanged", "memory_ratio", "skipped",
+            "error"]
     used = [c for c in cols if any(c in r for r in rows)]
     lines = ["| " + " | ".join(used) + " |", "|" + "---|" * len(used)]
     for r in rows:
@@ -267,6 +292,8 @@ def verdict(rows: list[dict]) -> list[str]:
             for key in ("time_target_met", "memory_target_met"):
                 if r.get(key) is False:
                     failures.append(f"{r['mode']}: {key}")
+            continue
+        if r.get("skipped"):
             continue
         if not r.get("train_ok"):
             failures.append(f"{r['mode']}: training failed ({r.get('error', '')[:120]})")

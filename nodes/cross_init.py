@@ -44,7 +44,7 @@ class AnybodyCrossInitTrain:
     DESCRIPTION = ("Learns a face from one or more photos as a 2-token textual-inversion embedding (Cross "
                    "Initialization, CVPR 2024) on the connected checkpoint, saves it to models/embeddings and "
                    "returns a CLIP that knows it. Queued again with the same photos and settings it loads the "
-                   "saved file instead of retraining. Cancel saves the state; queue again with resume on to continue.")
+                   "saved file instead of retraining. Cancel saves the progress; queue again to continue it.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -70,7 +70,8 @@ class AnybodyCrossInitTrain:
                 "save_every": ("INT", {"default": _PAPER.save_every, "min": 0, "max": 100000,
                                        "tooltip": "save resumable state every N steps (0: only on finish/cancel)"}),
                 "preview_every": ("INT", {"default": _PAPER.preview_every, "min": 0, "max": 100000}),
-                "resume": ("BOOLEAN", {"default": False, "tooltip": "continue a cancelled run of the same name and settings"}),
+                "saved_progress": (["resume", "start over"], {"default": "resume",
+                                   "tooltip": "a cancelled run of this name saved its progress: continue it (same settings) or discard it"}),
                 "overwrite": ("BOOLEAN", {"default": False,
                                           "tooltip": "retrain and replace an embedding of that name made from other photos or settings"}),
                 "names_file": (_name_lists(), {"default": BUNDLED_NAMES,
@@ -83,7 +84,7 @@ class AnybodyCrossInitTrain:
         }
 
     def train(self, model, clip, vae, images, name, preset, steps, lr, batch, grad_accum, resolution, seed,
-              save_every, preview_every, resume, overwrite, names_file=BUNDLED_NAMES, gradient_checkpointing=False,
+              save_every, preview_every, saved_progress, overwrite, names_file=BUNDLED_NAMES, gradient_checkpointing=False,
               unique_id=None):
         from ..anybody.host.comfy import ComfyHost, clip_with_identity
 
@@ -94,7 +95,8 @@ class AnybodyCrossInitTrain:
         names_path = DEFAULT_NAMES if names_file == BUNDLED_NAMES else _names_path(names_file)
         host = ComfyHost(model, clip, vae, node_id=unique_id)
         identity, path, reused = train_cross_init(host, list(images), name, config, names_file=names_path,
-                                                  resume=resume, overwrite=overwrite)
+                                                  resume=saved_progress == "resume",
+                                                  restart=saved_progress == "start over", overwrite=overwrite)
         stats = vector_stats(next(iter(identity.vectors.values())))
         summary = (f"{identity.describe()} -> {path.name}" + (" (already trained with these photos and settings: "
                    "loaded, not retrained)" if reused else "") + f"; write <{identity.name}> or embedding:{identity.name}"

@@ -162,11 +162,90 @@ def test_cancel_then_resume_is_exact(host, faces, RecordingSink):
     with pytest.raises(KeyboardInterrupt):
         ci.train_cross_init(host, faces, "half", cfg)
     assert not (host.embeddings_dir() / "half.safetensors").exists()
-    assert (host.state_dir() / "half.state.json").is_file()
+    assert (host.state_dir() / "half.state.safetensors").is_file()
     host.sink = RecordingSink()
     resumed, _, _ = ci.train_cross_init(host, faces, "half", cfg, resume=True)
     assert host.sink.steps == [4, 5, 6]
     assert torch.equal(resumed.vectors["clip_l"], full.vectors["clip_l"])
+
+
+def test_saved_progress_is_never_discarded_silently(host, faces, RecordingSink):
+    """A stopped run's progress survives a run without resume (an error says what to choose); restart discards it;
+    a finished run leaves no progress behind."""
+    host.sink = RecordingSink(cancel_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        ci.train_cross_init(host, faces, "kept", FAST)
+    state = host.state_dir() / "kept.state.safetensors"
+    before = state.read_bytes()
+    host.sink = RecordingSink()
+    with pytest.raises(BadInputError, match=r"saved progress from a stopped run \(step 2.*--resume.*--restart"):
+        ci.train_cross_init(host, faces, "kept", FAST)
+    assert state.read_bytes() == before
+    redone = ci.train_cross_init(host, faces, "kept", replace(FAST, lr=0.01), restart=True)
+    assert not redone.reused and host.sink.steps == [1, 2, 3, 4] and not state.exists()
+    assert any("Discarded the saved progress" in line for line in host.sink.logs)
+
+
+def test_a_kill_at_any_instant_leaves_a_resumable_state(host, faces, monkeypatch, RecordingSink):
+    """One file, written atomically: a save that dies half way leaves the previous complete save, which resumes."""
+    from anybody.train import state as state_mod
+
+    host.sink = RecordingSink(cancel_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        ci.train_cross_init(host, faces, "killed", replace(FAST, save_every=1))
+    real = state_mod.atomic_write
+
+    def dies_while_writing(path, write, overwrite=False):
+        def partial(tmp):
+            write(tmp)
+            raise OSError("killed while saving")
+        return real(path, partial, overwrite)
+
+    monkeypatch.setattr(state_mod, "atomic_write", dies_while_writing)
+    host.sink = RecordingSink(cancel_after=3)
+    with pytest.raises(OSError, match="killed while saving"):
+        ci.train_cross_init(host, faces, "killed", replace(FAST, save_every=1), resume=True)
+    monkeypatch.undo()
+    assert state_mod.TrainingState(host.state_dir(), "killed", {}).saved_step() == 2
+    host.sink = RecordingSink()
+    resumed = ci.train_cross_init(host, faces, "killed", replace(FAST, save_every=1), resume=True)
+    assert host.sink.steps == [3, 4]
+    full = ci.train_cross_init(host, faces, "unkilled", replace(FAST, save_every=1))
+    assert torch.equal(resumed.identity.vectors["clip_l"], full.identity.vectors["clip_l"])
+
+
+@pytest.mark.parametrize("lr", [1e38, float("inf"), float("nan"), 0.0, -0.1])
+def test_unusable_learning_rates_are_refused_before_anything_runs(host, faces, lr):
+    with pytest.raises(BadInputError, match="learning rate"):
+        ci.train_cross_init(host, faces, "bad_lr", replace(FAST, lr=lr))
+    assert not host.embeddings_dir().exists() and not host.state_dir().exists()
+
+
+def test_vectors_that_become_non_finite_are_never_kept(host, faces, monkeypatch):
+    """A finite gradient and an update that overflows (forced here) stop the run; nothing is written or saved."""
+    real_step = torch.optim.AdamW.step
+
+    def overflowing_step(self, closure=None):
+        out = real_step(self, closure)
+        if self.state and next(iter(self.state.values()))["step"] >= 2:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.data.fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", overflowing_step)
+    with pytest.raises(TrainingDivergedError, match="became NaN/inf in step 2"):
+        ci.train_cross_init(host, faces, "overflow", replace(FAST, save_every=1))
+    assert not (host.embeddings_dir() / "overflow.safetensors").exists()
+    from anybody.train.state import TrainingState
+
+    assert TrainingState(host.state_dir(), "overflow", {}).saved_step() == 1, "the last finite progress is kept"
+
+
+def test_vectors_grown_far_beyond_their_start_are_warned_about(host, faces):
+    trained = ci.train_cross_init(host, faces, "big_lr", replace(FAST, lr=500.0))
+    assert torch.isfinite(trained.identity.vectors["clip_l"]).all()
+    assert any("grew to" in line for line in host.sink.logs)
 
 
 def test_resume_with_different_settings_is_refused(host, faces, RecordingSink):
@@ -183,7 +262,7 @@ def test_nan_loss_is_a_clear_error_and_writes_nothing(host, faces, monkeypatch):
     with pytest.raises(TrainingDivergedError, match="step 1"):
         ci.train_cross_init(host, faces, "nan", FAST)
     assert not (host.embeddings_dir() / "nan.safetensors").exists()
-    assert not (host.state_dir() / "nan.state.json").exists()
+    assert not (host.state_dir() / "nan.state.safetensors").exists()
 
 
 def test_out_of_memory_is_a_clear_error_with_the_state_saved_and_no_file(host, faces, monkeypatch):
@@ -202,9 +281,9 @@ def test_out_of_memory_is_a_clear_error_with_the_state_saved_and_no_file(host, f
         ci.train_cross_init(host, faces, "oom", replace(FAST, save_every=0))
     assert "state of step 2 saved" in str(err.value)
     assert not (host.embeddings_dir() / "oom.safetensors").exists()
-    import json
+    from anybody.train.state import TrainingState
 
-    assert json.loads((host.state_dir() / "oom.state.json").read_text())["step"] == 2
+    assert TrainingState(host.state_dir(), "oom", {}).saved_step() == 2
 
 
 def test_cancel_before_training_starts_is_honoured_and_claims_no_saved_state(host, faces, RecordingSink):

@@ -321,6 +321,28 @@ def test_cli_align_writes_crops_and_landmarks_json(pack_root, tmp_path):
                  "--models-root", str(pack_root)]) == 2
 
 
+def test_cli_align_never_writes_over_the_input_photos(pack_root, tmp_path, capsys):
+    from PIL import Image
+
+    from anybody.cli import main
+
+    photos = tmp_path / "in"
+    (photos / "sub").mkdir(parents=True)
+    face = _canvas(seed=4)
+    paint_face(face, 320, 320, blue=128)
+    Image.fromarray(face).save(photos / "a.png")
+    original = (photos / "a.png").read_bytes()
+    common = ["--pack", "testpack", "--models-root", str(pack_root), "--provider", "CPU", "--overwrite"]
+    for out in (photos, photos / "sub", tmp_path):  # the input itself, inside it, around it
+        assert main(["align", str(photos), str(out), *common]) == 2
+        assert "input folder" in capsys.readouterr().err
+    assert main(["align", str(photos / "a.png"), str(photos), *common, "--output-inside-input"]) == 2
+    assert "replace input photo(s) a.png" in capsys.readouterr().err
+    assert (photos / "a.png").read_bytes() == original
+    assert main(["align", str(photos), str(photos / "sub"), *common, "--output-inside-input"]) == 0
+    assert (photos / "sub" / "a.png").is_file() and (photos / "a.png").read_bytes() == original
+
+
 def test_identity_score_is_cosine_to_the_reference_and_none_without_a_face(models):
     from anybody.face.pipeline import embed_faces
     from anybody.face.score import identity_scores, score_plot, summarize

@@ -128,3 +128,20 @@ def test_sdxl_identity_on_sd15_is_refused(host):
     ident = Identity("x", "sdxl", {"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)}, "test")
     with pytest.raises(WrongModelFamilyError, match="SDXL.*SD1.x"):
         ident.require_family(host.family)
+
+
+@pytest.mark.parametrize("vectors,match", [
+    ({"emb_params": torch.full((2, 768), float("nan"))}, "NaN/inf"),
+    ({"emb_params": torch.tensor([[float("inf")] * 768])}, "NaN/inf"),
+    ({"emb_params": torch.zeros(0, 768)}, "no vectors"),
+])
+def test_non_finite_and_empty_embedding_files_are_refused(tmp_path, vectors, match):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "bad.safetensors"
+    save_file(vectors, str(path))
+    with pytest.raises(Exception, match=match):
+        load_embedding(path)
+    with pytest.raises(Exception, match=match):
+        save_embedding(tmp_path / "out.safetensors", {"clip_l": vectors["emb_params"]}, "sd1")
+    assert not (tmp_path / "out.safetensors").exists()

@@ -86,7 +86,12 @@ class Host(ABC):
             digest.update(encoder.token_rows(range(256)).numpy().tobytes())
         for tensor in self.unet_probe_tensors():
             digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        digest.update(self.fingerprint_extras().encode())
         return digest.hexdigest()[:16]
+
+    def fingerprint_extras(self) -> str:
+        """Host settings beyond the weights that change a trained result (clip skip, patches ...)."""
+        return f"prediction={self.prediction}"
 
     def unet_probe_tensors(self) -> list[torch.Tensor]:
         """A few small UNet weights that tell fine-tunes apart (input and output convolutions)."""

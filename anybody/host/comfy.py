@@ -256,8 +256,9 @@ class ComfyHost(Host):
         self.prediction = _prediction_of(sampling)
         self.device = model.load_device
         base = model.model
-        self.compute_dtype = base.get_dtype_inference() if hasattr(base, "get_dtype_inference") else (
-            base.manual_cast_dtype or base.get_dtype())
+        # read through the patcher: a ModelComputeDtype / device node sets manual_cast_dtype as an object patch
+        self._manual_cast = model.get_model_object("manual_cast_dtype")
+        self.compute_dtype = self._manual_cast or base.get_dtype()
         if self.device.type == "cpu":
             self.compute_dtype = torch.float32
         self.sink = ComfySink(node_id)
@@ -268,6 +269,16 @@ class ComfyHost(Host):
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         return self._alphas
+
+    def fingerprint_extras(self) -> str:
+        """What else changes the trained vectors: clip skip, CLIP LoRA patches, the sampling schedule (a
+        ModelSamplingDiscrete node), hook patches."""
+        sigmas = self._alphas
+        clip_patches = "|".join(f"{k}:{[(p[0], _digest(p[1]), p[2]) for p in v]}"
+                                for k, v in sorted(self.clip.patcher.patches.items()))
+        hooks = len(getattr(self.model, "hook_patches", {}) or {})
+        return (f"layer={self.clip.layer_idx};prediction={self.prediction};schedule={sigmas.sum().item():.9g}:"
+                f"{sigmas[-1].item():.9g};clip={clip_patches};hooks={hooks}")
 
     def unet_probe_tensors(self) -> list[torch.Tensor]:
         """Input/output convolutions as the file has them (a LoRA patched in while loaded is read from the
@@ -308,7 +319,7 @@ class ComfyHost(Host):
         with torch.inference_mode(False), torch.enable_grad():
             self.sink.check_cancel()
             train_model = training_patcher(self.model)
-            if comfy_training.bf16_instead_of_fp16(train_model.model, train_model.load_device):
+            if comfy_training.bf16_instead_of_fp16(train_model.model, train_model.load_device, self._manual_cast):
                 comfy_training.to_bf16(train_model)
                 self.compute_dtype = torch.bfloat16
             stripped = strip_attention_patches(train_model)

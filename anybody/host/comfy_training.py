@@ -61,15 +61,31 @@ def training_patcher(patcher):
     """A patcher over weights of its own, built outside inference mode, with ``patcher``'s patches and options."""
     takes = inspect.signature(patcher.clone).parameters
     if "force_deepcopy" in takes and getattr(patcher, "cached_patcher_init", None) is not None:
-        return patcher.clone(force_deepcopy=True, **_clone_kwargs(patcher))
+        return _own_hook_backups(patcher.clone(force_deepcopy=True, **_clone_kwargs(patcher)))
+    if getattr(patcher, "is_dynamic", lambda: False)():
+        raise AnybodyError(
+            f"This {type(patcher.model).__name__} was loaded by a loader ComfyUI cannot reload, and ComfyUI's "
+            "DynamicVRAM manages its weights, so Anybody cannot make a training copy of it. Load the checkpoint "
+            "with the core Load Checkpoint node, or restart ComfyUI with --disable-dynamic-vram.")
     unload(patcher)  # a loaded model may carry LoRA weights patched in place: copy the pristine ones
     module = copy.deepcopy(patcher.model, memo=_shared_objects(patcher.model))
     if "model_override" in takes:
         empty = tuple(type(x)() for x in patcher.get_clone_model_override()[1])
-        return patcher.clone(model_override=(module, empty), **_clone_kwargs(patcher))
+        return _own_hook_backups(patcher.clone(model_override=(module, empty), **_clone_kwargs(patcher)))
     clone = patcher.clone()  # ComfyUI before 0.24: clone() shares the module; point it at the copy
     clone.model = module
     clone.backup, clone.object_patches_backup = {}, {}
+    return _own_hook_backups(clone)
+
+
+def _own_hook_backups(clone):
+    """``clone()`` shares the hook-weight backups with the input; loading the copy would move the input's backups
+    into the copy and clear them, leaving a hooked input (Hook LoRA) patched for good. The copy's weights are
+    pristine, so it starts with none (as ComfyUI's own multi-GPU deep clone does)."""
+    if hasattr(clone, "hook_backup"):
+        clone.hook_backup = {}
+    if hasattr(clone, "hook_patches_backup"):
+        clone.hook_patches_backup = None
     return clone
 
 
@@ -91,12 +107,12 @@ def strip_attention_patches(patcher) -> list[str]:
     return removed
 
 
-def bf16_instead_of_fp16(base, device: torch.device) -> bool:
+def bf16_instead_of_fp16(base, device: torch.device, manual_cast: torch.dtype | None = None) -> bool:
     """Train in bf16 where the device supports it and ComfyUI computes this UNet in fp16: bf16's range needs no
     loss scaling. Elsewhere fp16 stays, with the engine's loss scaling; the CPU computes in fp32."""
     import comfy.model_management as mm
 
-    if device.type == "cpu" or base.get_dtype() != torch.float16 or base.manual_cast_dtype is not None:
+    if device.type == "cpu" or base.get_dtype() != torch.float16 or manual_cast is not None:
         return False
     try:
         return bool(mm.should_use_bf16(device, prioritize_performance=False))

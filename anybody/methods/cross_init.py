@@ -182,15 +182,20 @@ def cross_init_loss(host: Host, theta: dict[str, torch.Tensor], init: dict[str, 
 
 def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = CrossInitConfig(),
                      names_file: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-                     ) -> TrainedIdentity:
+                     restart: bool = False) -> TrainedIdentity:
     """Train an identity on ``host`` from face photos and write ``<name>.safetensors`` into its embeddings folder.
 
     Run again with the same photos, settings and checkpoint (a re-queued graph), it loads that file instead of
     training again. ``config.resolution`` 0 means the family's own (SD1.x 512, SD2-768-v 768, SDXL 1024).
+    Progress saved by a stopped run is never discarded silently: ``resume`` continues it, ``restart`` deletes it,
+    neither is an error that says which to choose.
     """
     name = safe_name(name)
-    if config.steps < 1 or config.batch < 1 or config.grad_accum < 1 or not 0 < config.lr < 1e3:
-        raise BadInputError("steps, batch and grad_accum must be at least 1 and lr must be positive (and small).")
+    if config.steps < 1 or config.batch < 1 or config.grad_accum < 1:
+        raise BadInputError("steps, batch and grad_accum must be at least 1.")
+    if not 0 < config.lr < 1e3:  # also NaN and inf
+        raise BadInputError(f"The learning rate {config.lr} is not usable; give a positive value below 1000 (the "
+                            f"paper's is {CrossInitConfig.lr}).")
     if config.resolution == 0:
         config = replace(config, resolution=default_resolution(host))
     if config.resolution < 64 or config.resolution % 64:
@@ -210,12 +215,19 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
                       "not retrained.")
         return TrainedIdentity(Identity(name, reused.family, reused.vectors, reused.method, reused.metadata), target, True)
     state = TrainingState(host.state_dir(), name, run_config)
-    resuming = resume and state.exists()
+    resuming = state.exists() and not restart
+    if resuming and not resume:
+        raise BadInputError(f"'{name}' has saved progress from a stopped run (step {state.saved_step()}, in "
+                            f"{state.path}). Continue it (node: saved_progress 'resume'; CLI: --resume) or discard it "
+                            "(node: 'start over'; CLI: --restart).")
     if resuming:
         state.check_resumable()
     if target.exists() and not (overwrite or resuming):
         raise FileExistsAnybodyError(f"{target} already exists from other photos, settings or another checkpoint. "
                                      "Choose another name, enable 'overwrite', or enable 'resume' to continue its training.")
+    if restart and state.exists():
+        state.clear()
+        host.sink.log(f"Discarded the saved progress of '{name}' (start over).")
     word = f"<{name}>"
     templates = read_lines(TEMPLATES)
     # Latent mean/std of each photo and its mirror image, computed once and before the UNet loads: the official
@@ -253,11 +265,17 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
                 "result), turn on gradient_checkpointing or lower the resolution; close other programs using the GPU."
             ) from exc
         raise
+    for k, v in theta.items():  # trained vectors end near the init's scale; far beyond it, prompts drown
+        ratio = (v.detach().norm(dim=-1) / init[k].to(v).norm(dim=-1).clamp_min(1e-6)).max().item()
+        if ratio > 10:
+            host.sink.log(f"Warning: the '{k}' vectors grew to {ratio:.0f}x their initial length; such an identity "
+                          "tends to override the rest of the prompt. A lower learning rate usually helps.")
     identity = Identity(name, host.family, {k: v.detach().cpu() for k, v in theta.items()}, "cross_init", {
         "anybody.steps": str(config.steps), "anybody.lr": str(config.lr), "anybody.seed": str(config.seed),
         "anybody.resolution": str(config.resolution), RESULT_KEY: key,
         "anybody.source_images": run_config["images"], "anybody.note": "Cross-Init; unvalidated on SD1.5" if host.family == "sd1" else "Cross-Init"})
     path = identity.save(target, overwrite=True)  # checked above: absent, resumed or overwrite asked for
+    state.clear()  # the embedding is the result now; a finished run leaves nothing to resume
     host.sink.log(f"Saved {path} — use it as embedding:{name} (ComfyUI) or {name} (A1111).")
     return TrainedIdentity(identity, path, False)
 

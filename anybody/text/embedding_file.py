@@ -39,6 +39,11 @@ def check_vectors(vectors: Mapping[str, torch.Tensor], family: str, what: str = 
     counts = {int(v.shape[0]) for v in vectors.values()}
     if len(counts) != 1 or any(v.dim() != 2 for v in vectors.values()):
         raise ModelFileError(f"The {what} vectors have inconsistent shapes: {[tuple(v.shape) for v in vectors.values()]}")
+    if counts == {0}:
+        raise ModelFileError(f"The {what} holds no vectors (0 rows): it is empty or damaged. Train it again.")
+    if not all(torch.isfinite(v).all() for v in vectors.values()):
+        raise ModelFileError(f"The {what} contains NaN/inf values (a diverged training or a damaged file); it would "
+                             "break every prompt it is used in. Train it again with a lower learning rate.")
 
 
 def family_of(vectors: Mapping[str, torch.Tensor]) -> str | None:
@@ -90,6 +95,7 @@ def load_embedding(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dict
     if family is None:
         raise ModelFileError(f"{path} holds vectors of widths {[v.shape[-1] for v in vectors.values()]}, "
                              "which match no SD1.x (768), SD2.x (1024) or SDXL (768 + 1280) text encoder.")
+    check_vectors(vectors, family, what=f"embedding file {path.name}")
     return vectors, family, metadata
 
 

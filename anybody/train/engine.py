@@ -7,12 +7,14 @@ and "save state, then re-raise" when the user cancels or something fails mid-run
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional
 
 import torch
 
 from ..errors import OutOfMemoryAnybodyError, TrainingDivergedError
+from .interrupts import held_signals
 from .loss_scale import LossScale
 from .sink import ProgressSink
 from .state import TrainingState
@@ -47,35 +49,44 @@ class Trainer:
     state: TrainingState | None = None
     after_step: Optional[Callable[[], None]] = None
     loss_scale: LossScale | None = None  # set for fp16 hosts
+    save_minutes: float = 5.0  # also save when this long has passed since the last save (0: steps only)
 
     def run(self, start_step: int = 0) -> list[float]:
         """Train from ``start_step`` to ``steps``; returns the loss of each step run."""
         losses: list[float] = []
         done = saved = start_step
+        last_save = time.monotonic()
         try:
             for step in range(start_step, self.steps):
                 self.sink.check_cancel()
                 total, preview = self.step_gradients(step)
                 self._check_grads(step)
-                self.optimizer.step()
-                if self.loss_scale is not None:
-                    self.loss_scale.step_done()
-                if self.after_step is not None:
-                    self.after_step()
-                done = step + 1
-                losses.append(total)
+                with held_signals():  # parameters, counters and saves change together or not at all
+                    self.optimizer.step()
+                    if self.loss_scale is not None:
+                        self.loss_scale.step_done()
+                    if self.after_step is not None:
+                        self.after_step()
+                    self._check_params(step)
+                    done = step + 1
+                    losses.append(total)
                 show = preview if (preview is not None and self.preview_every and self.sink.shows_previews and
                                    (done % self.preview_every == 0 or done == self.steps)) else None
                 self.sink.progress(done, self.steps, loss=total, preview=show() if show else None)
-                if self.state is not None and self.save_every and done % self.save_every == 0:
-                    self._save(done)
-                    saved = done
+                due = (self.save_every and done % self.save_every == 0) or (
+                    self.save_minutes and time.monotonic() - last_save >= self.save_minutes * 60)
+                if self.state is not None and due and done < self.steps:
+                    with held_signals():
+                        self._save(done)
+                        saved, last_save = done, time.monotonic()
         except TrainingDivergedError:
             raise
         except BaseException as exc:  # cancel (host exception / Ctrl-C), out of memory or crash: keep what was learned
             if self.state is not None and done > saved:
-                self._save(done)
-                self.sink.log(f"Stopped at step {done}/{self.steps}; state saved — queue again with resume on to continue.")
+                with held_signals():
+                    self._save(done)
+                self.sink.log(f"Stopped at step {done}/{self.steps}; progress saved. Run again with the same settings to "
+                              "continue (ComfyUI: saved_progress 'resume'; command line: --resume).")
             if is_out_of_memory(exc):
                 raise OutOfMemoryAnybodyError(
                     f"Out of memory at step {done + 1}" + (f" (state of step {done} saved: resume continues there)" if
@@ -125,6 +136,14 @@ class Trainer:
     def _save(self, done: int) -> None:
         extra = {"loss_scale": self.loss_scale.state()} if self.loss_scale is not None else {}
         self.state.save(done, self.params, self.optimizer, extra)
+
+    def _check_params(self, step: int) -> None:
+        """A finite gradient times a huge learning rate can still make the vectors inf: never keep or save those."""
+        for name, p in self.params.items():
+            if not torch.isfinite(p).all():
+                raise TrainingDivergedError(
+                    f"'{name}' became NaN/inf in step {step + 1} (the learning rate is far too high?). Nothing was "
+                    "written for this run; the last saved progress is kept. Lower the learning rate.")
 
     def _check_grads(self, step: int) -> None:
         for name, p in self.params.items():

@@ -13,8 +13,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def start_comfy(comfy_dir: str | Path, base: Path, flags: list[str]) -> dict:
-    """ComfyUI from ``comfy_dir`` with its folders under ``base`` and the pack linked into custom_nodes."""
+def start_comfy(comfy_dir: str | Path, base: Path, flags: list[str], as_launched: bool = False) -> dict:
+    """ComfyUI from ``comfy_dir`` with its folders under ``base`` and the pack linked into custom_nodes.
+
+    ``as_launched``: import ComfyUI's own ``main.py`` (everything a launch does before serving: flags, logging,
+    DynamicVRAM/aimdo set-up on NVIDIA), so the run sees the model patcher users get; else only its flags parser.
+    """
     for sub in ("checkpoints", "embeddings", "custom_nodes", "input", "output", "temp", "user"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / "anybody"
@@ -22,11 +26,13 @@ def start_comfy(comfy_dir: str | Path, base: Path, flags: list[str]) -> dict:
         link.symlink_to(REPO, target_is_directory=True)
     sys.path.insert(0, str(comfy_dir))
     argv, sys.argv = sys.argv, ["main.py", *flags]
-    import comfy.options
+    if as_launched:
+        import main  # noqa: F401  (ComfyUI's main.py: its start-up code runs at import, its server does not)
+    else:
+        import comfy.options
 
-    comfy.options.enable_args_parsing()
-    import comfy.cli_args  # noqa: F401  (parses the flags)
-
+        comfy.options.enable_args_parsing()
+        import comfy.cli_args  # noqa: F401  (parses the flags)
     sys.argv = argv
     import folder_paths
     import utils.extra_config  # noqa: F401  (as main.py does, before anything can shadow the 'utils' package)

@@ -47,7 +47,7 @@ def comfy_env(tmp_path_factory):
 
 def _graph(**train):
     widgets = dict(name="hosttest", preset="custom", steps=4, lr=0.005, batch=2, grad_accum=1, resolution=64, seed=0,
-                   save_every=0, preview_every=1, resume=False, overwrite=False, names_file="bundled (1,180 names)",
+                   save_every=0, preview_every=1, saved_progress="resume", overwrite=False, names_file="bundled (1,180 names)",
                    gradient_checkpointing=False)
     widgets.update(train)
     return {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny15.safetensors"}},
@@ -122,15 +122,14 @@ def test_cancel_is_an_interrupt_and_resume_equals_an_uninterrupted_run(comfy_env
         comfy.utils.set_progress_bar_global_hook(None)
         mm.interrupt_current_processing(False)
     assert not ex.success and _events(ex, "execution_interrupted") and not _events(ex, "execution_error"), errors
-    state = comfy_env["base"] / "output" / "anybody_training" / "cancelme.state.json"
+    state = comfy_env["base"] / "output" / "anybody_training" / "cancelme.state.safetensors"
     assert state.is_file() and not (comfy_env["base"] / "embeddings" / "cancelme.safetensors").exists()
-    import json
-
-    assert json.loads(state.read_text())["step"] == 2, "saved at the step the cancel landed on"
+    TrainingState = _pack_module("anybody.train.state").TrainingState
+    assert TrainingState(state.parent, "cancelme", {}).saved_step() == 2, "saved at the step the cancel landed on"
     steps = []
     comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None, **kw: steps.append(value))
     try:
-        ex, errors = comfy_env["run"](_graph(name="cancelme", resume=True))
+        ex, errors = comfy_env["run"](_graph(name="cancelme"))
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
     assert ex.success, errors
@@ -186,7 +185,7 @@ def _train(comfy_env, model, clip, vae, images, name, **widgets):
     """The node called as the executor calls it: inside inference mode, every input by keyword."""
     node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyCrossInitTrain"]()
     settings = dict(preset="custom", steps=2, lr=0.005, batch=2, grad_accum=1, resolution=64, seed=0, save_every=0,
-                    preview_every=0, resume=False, overwrite=False, names_file="bundled (1,180 names)",
+                    preview_every=0, saved_progress="resume", overwrite=False, names_file="bundled (1,180 names)",
                     gradient_checkpointing=False)
     settings.update(widgets)
     with torch.inference_mode():
@@ -260,6 +259,9 @@ def test_lora_weights_are_trained_against_and_attention_patches_are_left_out(com
     x_t, t = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([500])
     plain_host, lora_host = host_mod.ComfyHost(model, clip, vae), host_mod.ComfyHost(lora, clip, vae)
     assert plain_host.fingerprint() != lora_host.fingerprint(), "a LoRA changes what a trained file is reused for"
+    skip = clip.clone()
+    skip.clip_layer(-2)
+    assert host_mod.ComfyHost(model, skip, vae).fingerprint() != plain_host.fingerprint(), "so does clip skip"
     with torch.no_grad():
         cond = plain_host.encode_prompts(["a photo of a person"])
         plain_out = plain_host.predict(x_t, t, cond)
@@ -286,11 +288,27 @@ def test_lora_weights_are_trained_against_and_attention_patches_are_left_out(com
     assert patched.model_options["transformer_options"]["patches_replace"], "the graph's MODEL keeps its patch"
 
 
+def test_the_inputs_hook_backup_stays_with_the_input(comfy_env):
+    """clone() shares hook-weight backups (what Hook LoRA nodes leave); loading the training copy must neither take
+    them nor write them into the copy: they belong to the input, which restores them itself."""
+    model, clip, vae = _load_tiny(comfy_env)
+    hooked = model.clone()
+    key = "diffusion_model.out.2.weight"
+    weight = dict(hooked.model.named_parameters())[key]
+    original = weight.detach().clone() + 1.0  # the pre-hook weight a Hook LoRA node would have backed up
+    hooked.hook_backup[key] = (original, torch.device("cpu"))
+    host = _pack_module("anybody.host.comfy").ComfyHost(hooked, clip, vae)
+    with host.training():
+        copy_weight = dict(host.active_model().model.named_parameters())[key]
+        assert not torch.equal(copy_weight.detach().cpu(), original), "the copy got the input's backup"
+    assert key in hooked.hook_backup or torch.equal(dict(hooked.model.named_parameters())[key].detach(), original)
+
+
 def test_bf16_training_copy_computes_in_bf16_and_leaves_the_graphs_model_alone(comfy_env, monkeypatch):
     """Where the GPU supports bf16, the fp16 UNet's training copy is stored and computed in bf16 (no loss scaling);
     forced here on the CPU to run the same code path."""
     comfy_training = _pack_module("anybody.host.comfy_training")
-    monkeypatch.setattr(comfy_training, "bf16_instead_of_fp16", lambda base, device: True)
+    monkeypatch.setattr(comfy_training, "bf16_instead_of_fp16", lambda base, device, manual_cast=None: True)
     model, clip, vae = _load_tiny(comfy_env)
     x0_before = _fixed_x0(model)
     host = _pack_module("anybody.host.comfy").ComfyHost(model, clip, vae)
