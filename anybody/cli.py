@@ -57,8 +57,14 @@ def cmd_train_cross_init(args) -> int:
     from .images import image_files, load_images
     from .methods.cross_init import train_cross_init, vector_stats
 
-    detect_family(args.checkpoint)  # cheap checks first: a wrong file fails before photos or weights load
-    images = load_images(image_files(args.images))
+    from .methods.cross_init import check_settings
+    from .files import ensure_writable_folder
+
+    check_settings(args.name, _config(args), args.names)  # cheap checks first: nothing loads before they pass
+    ensure_writable_folder(Path(args.out))
+    detect_family(args.checkpoint)  # a wrong file fails before photos or weights load
+    # photos are read at most 2x the largest training size: the full-size pixels are never needed
+    images = load_images(image_files(args.images), max_side=2 * max(args.resolution or 0, 1024))
     host = load_checkpoint_host(args.checkpoint, out_dir=args.out, prediction=args.prediction,
                                 low_memory=args.low_memory, cpu_compute=_cpu_compute(args.compute))
     identity, path, _ = train_cross_init(host, images, args.name, _config(args), names_file=args.names,
@@ -158,6 +164,7 @@ def _save_png(array, path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m anybody", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of unexpected errors")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run Cross-Init end to end on a tiny built-in model (no downloads)")
     _add_train_options(demo)
@@ -199,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .train.interrupts import install_sigterm_as_interrupt
 
+    for stream in (sys.stdout, sys.stderr):  # file names that are not valid UTF-8 must not crash a print
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = build_parser().parse_args(argv)
     install_sigterm_as_interrupt()
     try:
@@ -209,3 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted.", file=sys.stderr)  # the trainer has said whether progress was saved
         return 130
+    except Exception as exc:  # a fault of ours or of a library: one line, the traceback on request
+        if args.debug:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        return 1

@@ -109,3 +109,17 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
     except OSError:  # some network/FUSE mounts refuse fsync on folders; the rename itself has happened
         pass
+
+
+def ensure_writable_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove a file can be written there; else a clear error naming it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".anybody-write-test-", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise BadInputError(f"Cannot write into {folder} ({exc.strerror or exc}). Choose another output folder "
+                            "(command line: --out), or fix its permissions or free space.") from exc
+    return folder

@@ -129,3 +129,62 @@ def test_plain_reads_give_what_safetensors_gives_and_truncation_is_named(tmp_pat
     with pytest.raises(ModelFileError, match="truncated"):
         for key in tensors:  # the tensor stored last lost its final bytes
             cut.get_tensor(key)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"--images": "/dev/null"}, "not a photo or a folder"),
+    ({"--images": "FIFO"}, "pipe"),
+    ({"--resolution": "-64"}, "multiple of 64"),
+    ({"--resolution": "100"}, "multiple of 64"),
+    ({"--lr": "inf"}, "learning rate"),
+    ({"--lr": "nan"}, "learning rate"),
+    ({"--lr": "1e309"}, "learning rate"),
+    ({"--steps": "0"}, "at least 1"),
+    ({"--name": "CON"}, "device name"),
+    ({"--name": "Bob Smith"}, "Bob_Smith"),
+    ({"--name": "x" * 65}, "65 characters long"),
+    ({"--out": "FILE"}, "Cannot write into"),
+    ({"--names": "BINARY"}, "not a UTF-8 text file"),
+    ({"--names": "LATIN1"}, "not a UTF-8 text file"),
+    ({"--names": "EMPTY"}, "no names"),
+    ({"--checkpoint": "FOLDER"}, "is a folder"),
+])
+def test_user_mistakes_end_in_one_line_and_exit_code_2(tmp_path, capsys, change, match):
+    """No traceback for a user mistake: one clear line on stderr, exit code 2, nothing loaded or written."""
+    import os
+
+    ckpt = tmp_path / "sd15.safetensors"  # enough for the family check; the mistakes are caught before loading
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(1)}, str(ckpt))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    special = {"FIFO": tmp_path / "fifo", "FILE": tmp_path / "a_file", "BINARY": tmp_path / "names.bin",
+               "LATIN1": tmp_path / "names.txt", "EMPTY": tmp_path / "empty.txt", "FOLDER": tmp_path}
+    os.mkfifo(special["FIFO"])
+    special["FILE"].write_text("not a folder")
+    special["BINARY"].write_bytes(b"\x00\x01\xffbinary")
+    special["LATIN1"].write_bytes("Zo\xeb Salda\xf1a\n".encode("latin-1"))
+    special["EMPTY"].write_text("# nothing\n\n")
+    args = {"--checkpoint": str(ckpt), "--images": str(photos), "--name": "alice", "--out": str(tmp_path / "out")}
+    args.update({k: str(special.get(v, v)) for k, v in change.items()})
+    rc = main(["train", "cross-init", *[x for kv in args.items() for x in kv]])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and match in err and "Traceback" not in err, err
+    assert not (tmp_path / "out" / "embeddings").exists()
+
+
+def test_an_unexpected_fault_is_one_line_unless_debug(tmp_path, capsys, monkeypatch):
+    import anybody.cli as cli
+
+    monkeypatch.setattr(cli, "cmd_demo", lambda args: 1 / 0)
+    parser_default = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_func(parser_default(), cli.cmd_demo))
+    assert cli.main(["demo", "--out", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == "error: ZeroDivisionError: division by zero (run with --debug for details)"
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["--debug", "demo", "--out", str(tmp_path)])
+
+
+def _with_func(parser, func):
+    parser._subparsers._group_actions[0].choices["demo"].set_defaults(func=func)
+    return parser

@@ -20,5 +20,8 @@ def clip_tokenizer(pad_token: str = "<|endoftext|>"):
 
 def read_lines(path: str | Path) -> list[str]:
     """Non-empty, non-comment lines of a text file (duplicates kept: they weigh in averages)."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    text = Path(path).read_text(encoding="utf-8")
+    if "\x00" in text:
+        raise ValueError("it contains NUL bytes: a binary file, not text")
+    lines = text.splitlines()
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]

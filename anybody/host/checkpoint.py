@@ -25,6 +25,9 @@ SUPPORTED = {"sd1": "sd15"}  # family -> shipped diffusers config folder
 def detect_family(path: str | Path) -> str:
     """'sd1' | 'sd2' | 'sdxl' for a Stable Diffusion checkpoint; a clear error for anything else."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder; give the checkpoint file itself (a .safetensors file, e.g. "
+                             "ComfyUI/models/checkpoints/v1-5-pruned-emaonly.safetensors).")
     if not path.is_file():
         raise ModelFileError(f"Checkpoint not found: {path}. Give the path of a .safetensors checkpoint "
                              "(e.g. ComfyUI/models/checkpoints/v1-5-pruned-emaonly.safetensors).")

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..assets import asset_path, read_lines
 from ..errors import AnybodyError, BadInputError, FileExistsAnybodyError, OutOfMemoryAnybodyError
-from ..files import safe_name
+from ..files import ensure_writable_folder, safe_name
 from ..host.base import Host, TextEncoder
 from ..identity import Identity
 from ..images import square_batch
@@ -180,6 +180,29 @@ def cross_init_loss(host: Host, theta: dict[str, torch.Tensor], init: dict[str, 
     return loss_fn
 
 
+def check_settings(name: str, config: CrossInitConfig, names_file: str | Path | None = None) -> tuple[str, list[str]]:
+    """Everything about a run that can be wrong without a model: checked before anything is loaded.
+    Returns the checked name and the celebrity names."""
+    name = safe_name(name)
+    if config.steps < 1 or config.batch < 1 or config.grad_accum < 1:
+        raise BadInputError("steps, batch and grad_accum must be at least 1.")
+    if not 0 < config.lr < 1e3:  # also NaN and inf
+        raise BadInputError(f"The learning rate {config.lr} is not usable; give a positive value below 1000 (the "
+                            f"paper's is {CrossInitConfig.lr}).")
+    if config.resolution != 0 and (config.resolution < 64 or config.resolution % 64):
+        raise BadInputError(f"resolution {config.resolution} must be a multiple of 64, at least 64 (0: the model's own).")
+    names_path = Path(names_file) if names_file else DEFAULT_NAMES
+    if not names_path.is_file():
+        raise BadInputError(f"Celebrity name file not found: {names_path} (one name per line, UTF-8 text).")
+    try:
+        names = read_lines(names_path)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadInputError(f"{names_path} is not a UTF-8 text file of names, one per line ({exc}).") from exc
+    if not names:
+        raise BadInputError(f"{names_path} has no names in it (one name per line).")
+    return name, names
+
+
 def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = CrossInitConfig(),
                      names_file: str | Path | None = None, resume: bool = False, overwrite: bool = False,
                      restart: bool = False) -> TrainedIdentity:
@@ -190,21 +213,10 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
     Progress saved by a stopped run is never discarded silently: ``resume`` continues it, ``restart`` deletes it,
     neither is an error that says which to choose.
     """
-    name = safe_name(name)
-    if config.steps < 1 or config.batch < 1 or config.grad_accum < 1:
-        raise BadInputError("steps, batch and grad_accum must be at least 1.")
-    if not 0 < config.lr < 1e3:  # also NaN and inf
-        raise BadInputError(f"The learning rate {config.lr} is not usable; give a positive value below 1000 (the "
-                            f"paper's is {CrossInitConfig.lr}).")
+    name, names = check_settings(name, config, names_file)
     if config.resolution == 0:
         config = replace(config, resolution=default_resolution(host))
-    if config.resolution < 64 or config.resolution % 64:
-        raise BadInputError(f"resolution {config.resolution} must be a multiple of 64, at least 64 (0: the model's own).")
     pixels = square_batch(images, config.resolution, config.center_crop)
-    names_path = Path(names_file) if names_file else DEFAULT_NAMES
-    if not names_path.is_file():
-        raise BadInputError(f"Celebrity name file not found: {names_path}")
-    names = read_lines(names_path)
     target = host.embeddings_dir() / f"{name}.safetensors"
     run_config = {**asdict(config), "method": "cross_init", "family": host.family, "images": images_digest(pixels),
                   "names": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]}
@@ -233,6 +245,8 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
     # Latent mean/std of each photo and its mirror image, computed once and before the UNet loads: the official
     # script re-encodes every step (27 % of its step time); sampling from the cached posterior gives the same
     # distribution.
+    for folder in (host.embeddings_dir(), host.state_dir()):  # before the training time is spent, not after
+        ensure_writable_folder(folder)
     host.sink.check_cancel()
     mean, std = host.encode_images(torch.cat([pixels, pixels.flip(2)]))
     batch_pixels = config.batch * config.resolution**2
@@ -274,7 +288,13 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
         "anybody.steps": str(config.steps), "anybody.lr": str(config.lr), "anybody.seed": str(config.seed),
         "anybody.resolution": str(config.resolution), RESULT_KEY: key,
         "anybody.source_images": run_config["images"], "anybody.note": "Cross-Init; unvalidated on SD1.5" if host.family == "sd1" else "Cross-Init"})
-    path = identity.save(target, overwrite=True)  # checked above: absent, resumed or overwrite asked for
+    try:
+        path = identity.save(target, overwrite=True)  # checked above: absent, resumed or overwrite asked for
+    except OSError as exc:
+        raise AnybodyError(f"Training finished but {target} could not be written ({exc.strerror or exc}). The "
+                           f"progress is saved in {state.path}: free space or fix the folder, then run again with "
+                           "the same settings to write the file without retraining (ComfyUI: saved_progress 'resume'; "
+                           "command line: --resume).") from exc
     state.clear()  # the embedding is the result now; a finished run leaves nothing to resume
     host.sink.log(f"Saved {path} — use it as embedding:{name} (ComfyUI) or {name} (A1111).")
     return TrainedIdentity(identity, path, False)
