@@ -52,6 +52,18 @@ def _cpu_compute(name: str):
     return torch.bfloat16
 
 
+def _check_faces(args, images, names):
+    """With a face pack: say which photos have no face, and crop to the faces when asked."""
+    from .face.models import load_face_models
+    from .face.training_photos import describe_missing, face_crops, photos_without_faces
+
+    models = load_face_models(args.face_pack, [Path(args.models_root).expanduser()], "auto")
+    missing = photos_without_faces(models, images)
+    if missing:
+        print(f"warning: {describe_missing(missing, names)}", file=sys.stderr)
+    return face_crops(models, images, args.resolution or 512) if args.crop_to_face else images
+
+
 def cmd_train_cross_init(args) -> int:
     from .host.checkpoint import detect_family, load_checkpoint_host
     from .images import image_files, load_images
@@ -61,10 +73,15 @@ def cmd_train_cross_init(args) -> int:
     from .files import ensure_writable_folder
 
     check_settings(args.name, _config(args), args.names)  # cheap checks first: nothing loads before they pass
+    if args.crop_to_face and not args.face_pack:
+        raise AnybodyError("--crop-to-face needs --face-pack (the face detector that finds the faces).")
     ensure_writable_folder(Path(args.out))
     detect_family(args.checkpoint)  # a wrong file fails before photos or weights load
     # photos are read at most 2x the largest training size: the full-size pixels are never needed
-    images = load_images(image_files(args.images), max_side=2 * max(args.resolution or 0, 1024))
+    files = image_files(args.images)
+    images = load_images(files, max_side=2 * max(args.resolution or 0, 1024))
+    if args.face_pack:
+        images = _check_faces(args, images, [f.name for f in files])
     host = load_checkpoint_host(args.checkpoint, out_dir=args.out, prediction=args.prediction,
                                 low_memory=args.low_memory, cpu_compute=_cpu_compute(args.compute))
     identity, path, _ = train_cross_init(host, images, args.name, _config(args), names_file=args.names,
@@ -180,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--compute", choices=["fp32", "bf16"], default="fp32",
                     help="CPU: precision of the UNet's matmuls. bf16 is what GPU training uses and is several times "
                          "faster on CPUs with bf16 instructions (AVX512-BF16/AMX); fp32 (default) is exact")
+    ci.add_argument("--face-pack", help="insightface pack (e.g. antelopev2) to check the photos for faces; "
+                                        "photos without one are listed")
+    ci.add_argument("--models-root", default="~/.insightface", help="folder holding models/<pack>/*.onnx")
+    ci.add_argument("--crop-to-face", action="store_true",
+                    help="with --face-pack: train on FFHQ-aligned face crops instead of the whole photos")
     ci.add_argument("--prediction", choices=["eps", "v"], default=None,
                     help="v for v-prediction checkpoints such as SD2.x-768 (default: eps)")
     _add_train_options(ci)

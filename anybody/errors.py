@@ -31,6 +31,10 @@ class TrainingDivergedError(AnybodyError):
     """The loss became NaN/inf; the last good state is kept on disk."""
 
 
+class ProgressNotSavedError(AnybodyError):
+    """Saving the training progress failed; the previous save is intact."""
+
+
 class FileExistsAnybodyError(AnybodyError):
     """A file would be overwritten without the user asking for it."""
 

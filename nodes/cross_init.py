@@ -1,9 +1,11 @@
 """CrossInitTrain (Anybody): Cross Initialization textual inversion on the checkpoint the graph loaded."""
 from __future__ import annotations
 
+import logging
 import os
 
-from ..anybody.methods.cross_init import DEFAULT_NAMES, PRESETS, CrossInitConfig, train_cross_init, vector_stats
+from ..anybody.methods.cross_init import (DEFAULT_NAMES, PRESETS, CrossInitConfig, default_resolution, train_cross_init,
+                                          vector_stats)
 from ..anybody.methods.cross_init import preset as make_config
 
 _PAPER = CrossInitConfig()
@@ -80,12 +82,18 @@ class AnybodyCrossInitTrain:
                 "gradient_checkpointing": ("BOOLEAN", {"default": False,
                                                        "tooltip": "recompute UNet activations in the backward pass: less VRAM, about 1/3 slower"}),
             },
+            "optional": {
+                "face_model": ("ANYBODY_FACE_MODEL", {"tooltip": "from FaceModelLoader: lists the photos without a "
+                                                                 "detectable face (they still train the identity)"}),
+                "crop_to_face": ("BOOLEAN", {"default": False, "tooltip": "with face_model: train on FFHQ-aligned face "
+                                                                          "crops instead of the whole photos"}),
+            },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, model, clip, vae, images, name, preset, steps, lr, batch, grad_accum, resolution, seed,
               save_every, preview_every, saved_progress, overwrite, names_file=BUNDLED_NAMES, gradient_checkpointing=False,
-              unique_id=None):
+              face_model=None, crop_to_face=False, unique_id=None):
         from ..anybody.host.comfy import ComfyHost, clip_with_identity
 
         chosen = {"steps": steps} if preset == "custom" else {}
@@ -94,14 +102,28 @@ class AnybodyCrossInitTrain:
                              gradient_checkpointing=gradient_checkpointing)
         names_path = DEFAULT_NAMES if names_file == BUNDLED_NAMES else _names_path(names_file)
         host = ComfyHost(model, clip, vae, node_id=unique_id)
-        identity, path, reused = train_cross_init(host, list(images), name, config, names_file=names_path,
+        photos, warnings = list(images), []
+        if face_model is not None:
+            from ..anybody.face.training_photos import describe_missing, face_crops, photos_without_faces
+
+            missing = photos_without_faces(face_model, photos)
+            if missing:
+                warnings.append(describe_missing(missing))
+                logging.warning("[Anybody] %s", warnings[-1])
+            if crop_to_face:
+                photos = face_crops(face_model, photos, resolution or default_resolution(host))
+        elif crop_to_face:
+            from ..anybody.errors import BadInputError
+
+            raise BadInputError("crop_to_face needs a face_model (connect FaceModelLoader).")
+        identity, path, reused = train_cross_init(host, photos, name, config, names_file=names_path,
                                                   resume=saved_progress == "resume",
                                                   restart=saved_progress == "start over", overwrite=overwrite)
         stats = vector_stats(next(iter(identity.vectors.values())))
         summary = (f"{identity.describe()} -> {path.name}" + (" (already trained with these photos and settings: "
                    "loaded, not retrained)" if reused else "") + f"; write <{identity.name}> or embedding:{identity.name}"
                    f" in your prompt. norms {stats['norm_min']:.1f}-{stats['norm_max']:.1f}")
-        return {"ui": {"text": [summary]}, "result": (clip_with_identity(clip, identity), identity, str(path))}
+        return {"ui": {"text": [*warnings, summary]}, "result": (clip_with_identity(clip, identity), identity, str(path))}
 
 
 def _names_path(names_file: str) -> str:

@@ -202,8 +202,10 @@ def test_a_kill_at_any_instant_leaves_a_resumable_state(host, faces, monkeypatch
         return real(path, partial, overwrite)
 
     monkeypatch.setattr(state_mod, "atomic_write", dies_while_writing)
+    from anybody.errors import ProgressNotSavedError
+
     host.sink = RecordingSink(cancel_after=3)
-    with pytest.raises(OSError, match="killed while saving"):
+    with pytest.raises(ProgressNotSavedError, match="killed while saving"):
         ci.train_cross_init(host, faces, "killed", replace(FAST, save_every=1), resume=True)
     monkeypatch.undo()
     assert state_mod.TrainingState(host.state_dir(), "killed", {}).saved_step() == 2
@@ -354,3 +356,22 @@ def test_step_randomness_depends_only_on_seed_and_step():
     a = torch.rand(3, generator=step_generator(7, 5))
     assert torch.equal(a, torch.rand(3, generator=step_generator(7, 5)))
     assert not torch.equal(a, torch.rand(3, generator=step_generator(7, 6)))
+
+
+def test_a_failing_progress_save_keeps_the_last_good_one_and_says_so(host, faces, monkeypatch):
+    from anybody.errors import ProgressNotSavedError
+    from anybody.train import state as state_mod
+
+    real, saves = state_mod.atomic_write, []
+
+    def disk_full_after_first(path, write, overwrite=False):
+        saves.append(path)
+        if len(saves) > 1:
+            raise OSError(28, "No space left on device")
+        return real(path, write, overwrite)
+
+    monkeypatch.setattr(state_mod, "atomic_write", disk_full_after_first)
+    with pytest.raises(ProgressNotSavedError, match="step 2.*No space left.*last saved progress there is kept"):
+        ci.train_cross_init(host, faces, "fulldisk", replace(FAST, save_every=1))
+    assert state_mod.TrainingState(host.state_dir(), "fulldisk", {}).saved_step() == 1
+    assert not (host.embeddings_dir() / "fulldisk.safetensors").exists()

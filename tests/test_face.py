@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import torch
 import pytest
 
 pytest.importorskip("insightface")
@@ -341,6 +342,39 @@ def test_cli_align_never_writes_over_the_input_photos(pack_root, tmp_path, capsy
     assert (photos / "a.png").read_bytes() == original
     assert main(["align", str(photos), str(photos / "sub"), *common, "--output-inside-input"]) == 0
     assert (photos / "sub" / "a.png").is_file() and (photos / "a.png").read_bytes() == original
+
+
+def test_training_photos_without_a_face_are_named_and_face_crops_are_aligned(models):
+    from anybody.face.training_photos import describe_missing, face_crops, photos_without_faces
+
+    with_face = _canvas(seed=4)
+    paint_face(with_face, 320, 320, blue=128)
+    photos = [with_face, _canvas(seed=5), with_face]
+    assert photos_without_faces(models, photos) == [1]
+    assert "photo 2 (b.jpg)" in describe_missing([1], ["a.png", "b.jpg", "c.png"])
+    crops = face_crops(models, photos, 300)
+    assert [tuple(c.shape) for c in crops] == [(512, 512, 3)] * 3 and 0 <= float(crops[0].min()) <= float(crops[0].max()) <= 1
+
+
+def test_cli_training_lists_photos_without_a_face(pack_root, tmp_path, capsys):
+    from PIL import Image
+    from safetensors.torch import save_file
+
+    from anybody.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    face = _canvas(seed=4)
+    paint_face(face, 320, 320, blue=128)
+    Image.fromarray(face).save(photos / "a.png")
+    Image.fromarray(_canvas(seed=5)).save(photos / "b.png")
+    ckpt = tmp_path / "not_really.safetensors"  # passes the family check, fails to load after the face check
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(1)}, str(ckpt))
+    rc = main(["train", "cross-init", "--checkpoint", str(ckpt), "--images", str(photos), "--name", "x",
+               "--out", str(tmp_path / "out"), "--face-pack", "testpack", "--models-root", str(pack_root)])
+    err = capsys.readouterr().err
+    assert "warning: No face found in photo 2 (b.png)" in err and rc == 2
 
 
 def test_identity_score_is_cosine_to_the_reference_and_none_without_a_face(models):

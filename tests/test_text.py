@@ -145,3 +145,16 @@ def test_non_finite_and_empty_embedding_files_are_refused(tmp_path, vectors, mat
     with pytest.raises(Exception, match=match):
         save_embedding(tmp_path / "out.safetensors", {"clip_l": vectors["emb_params"]}, "sd1")
     assert not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("payload", [
+    {"string_to_param": torch.zeros(2, 768)},          # A1111 layout with a tensor where a dict belongs
+    {"string_to_param": {"*": "not a tensor"}},
+    {"string_to_param": {}},
+    [1, 2, 3],
+])
+def test_malformed_pt_embeddings_are_clear_errors(tmp_path, payload):
+    path = tmp_path / "bad.pt"
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError):
+        load_embedding(path)

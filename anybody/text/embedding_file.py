@@ -90,7 +90,12 @@ def load_embedding(path: str | Path) -> tuple[dict[str, torch.Tensor], str, dict
             raw = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt or foreign file: say which and why
         raise ModelFileError(f"Could not read embedding file {path}: {exc}") from exc
-    vectors = _vectors_from_dict(raw, path)
+    try:
+        vectors = _vectors_from_dict(raw, path)
+    except ModelFileError:
+        raise
+    except Exception as exc:  # a dict of the wrong shapes (a malformed A1111 .pt, say)
+        raise ModelFileError(f"{path} is not an embedding file Anybody can read ({type(exc).__name__}: {exc}).") from exc
     family = family_of(vectors)
     if family is None:
         raise ModelFileError(f"{path} holds vectors of widths {[v.shape[-1] for v in vectors.values()]}, "

@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from ..errors import OutOfMemoryAnybodyError, TrainingDivergedError
+from ..errors import OutOfMemoryAnybodyError, ProgressNotSavedError, TrainingDivergedError
 from .interrupts import held_signals
 from .loss_scale import LossScale
 from .sink import ProgressSink
@@ -79,7 +79,7 @@ class Trainer:
                     with held_signals():
                         self._save(done)
                         saved, last_save = done, time.monotonic()
-        except TrainingDivergedError:
+        except (TrainingDivergedError, ProgressNotSavedError):
             raise
         except BaseException as exc:  # cancel (host exception / Ctrl-C), out of memory or crash: keep what was learned
             if self.state is not None and done > saved:
@@ -135,7 +135,13 @@ class Trainer:
 
     def _save(self, done: int) -> None:
         extra = {"loss_scale": self.loss_scale.state()} if self.loss_scale is not None else {}
-        self.state.save(done, self.params, self.optimizer, extra)
+        try:
+            self.state.save(done, self.params, self.optimizer, extra)
+        except OSError as exc:  # full disk, file-size limit, permissions changed mid-run
+            raise ProgressNotSavedError(
+                f"Could not save the progress of step {done} to {self.state.path} ({exc.strerror or exc}). The last "
+                "saved progress there is kept, complete. Free space and run again with the same settings to continue, "
+                "or copy that file into another output folder's training state and continue there.") from exc
 
     def _check_params(self, step: int) -> None:
         """A finite gradient times a huge learning rate can still make the vectors inf: never keep or save those."""

@@ -517,6 +517,31 @@ def test_face_nodes_find_the_pack_via_extra_paths_and_align_in_the_executor(comf
     assert str(base / "insightface" / "models" / "antelopev2") in message and "scrfd_10g_bnkps.onnx" in message
 
 
+def test_trainer_names_photos_without_a_face_and_crops_to_faces(comfy_env):
+    pytest.importorskip("insightface")
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from face_onnx import build_pack, paint_face
+
+    root = comfy_env["base"] / "insightface_train"
+    build_pack(root, "trainpack")
+    face_model = _pack_module("anybody.face.models").load_face_models("trainpack", [root], "CPU")
+    photo = np.full((480, 640, 3), 120, np.uint8)
+    paint_face(photo, 320, 240, blue=128)
+    images = torch.from_numpy(np.stack([photo, np.full_like(photo, 90)])).float() / 255
+    model, clip, vae = _load_tiny(comfy_env)
+    node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyCrossInitTrain"]()
+    settings = dict(preset="custom", steps=1, lr=0.005, batch=2, grad_accum=1, resolution=64, seed=0, save_every=0,
+                    preview_every=0, saved_progress="resume", overwrite=False, names_file="bundled (1,180 names)",
+                    gradient_checkpointing=False)
+    with torch.inference_mode():
+        out = node.train(model=model, clip=clip, vae=vae, images=images, name="facecheck", face_model=face_model,
+                         crop_to_face=True, **settings)
+    assert out["ui"]["text"][0].startswith("No face found in photo 2:")
+    assert out["result"][1].metadata["anybody.source_images"]  # trained (on the face crops)
+
+
 def test_sd2_v_prediction_training_and_the_sigma_to_ddpm_conversion(comfy_env):
     """SD2.x: OpenCLIP-H text encoder (full size, random), a narrow 1024-context UNet, v-prediction."""
     import comfy.model_base
