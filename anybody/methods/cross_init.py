@@ -186,11 +186,19 @@ def check_settings(name: str, config: CrossInitConfig, names_file: str | Path | 
     name = safe_name(name)
     if config.steps < 1 or config.batch < 1 or config.grad_accum < 1:
         raise BadInputError("steps, batch and grad_accum must be at least 1.")
+    for what, value, top in (("steps", config.steps, 100_000), ("batch", config.batch, 64),
+                             ("grad_accum", config.grad_accum, 1024)):
+        if value > top:
+            raise BadInputError(f"{what} {value} is beyond what this trainer takes (at most {top}); the paper uses "
+                                "320 steps at batch 8.")
+    if config.save_every < 0 or config.preview_every < 0:
+        raise BadInputError("save_every and preview_every must be 0 (off) or a positive number of steps.")
     if not 0 < config.lr < 1e3:  # also NaN and inf
         raise BadInputError(f"The learning rate {config.lr} is not usable; give a positive value below 1000 (the "
                             f"paper's is {CrossInitConfig.lr}).")
-    if config.resolution != 0 and (config.resolution < 64 or config.resolution % 64):
-        raise BadInputError(f"resolution {config.resolution} must be a multiple of 64, at least 64 (0: the model's own).")
+    if config.resolution != 0 and not (64 <= config.resolution <= 4096 and config.resolution % 64 == 0):
+        raise BadInputError(f"resolution {config.resolution} must be a multiple of 64 from 64 to 4096 (0: the model's "
+                            "own).")
     names_path = Path(names_file) if names_file else DEFAULT_NAMES
     if not names_path.is_file():
         raise BadInputError(f"Celebrity name file not found: {names_path} (one name per line, UTF-8 text).")
@@ -236,7 +244,7 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
         state.check_resumable()
     if target.exists() and not (overwrite or resuming):
         raise FileExistsAnybodyError(f"{target} already exists from other photos, settings or another checkpoint. "
-                                     "Choose another name, enable 'overwrite', or enable 'resume' to continue its training.")
+                                     "Choose another name, or replace it (node: overwrite; command line: --overwrite).")
     if restart and state.exists():
         state.clear()
         host.sink.log(f"Discarded the saved progress of '{name}' (start over).")
