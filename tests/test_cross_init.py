@@ -375,3 +375,28 @@ def test_a_failing_progress_save_keeps_the_last_good_one_and_says_so(host, faces
         ci.train_cross_init(host, faces, "fulldisk", replace(FAST, save_every=1))
     assert state_mod.TrainingState(host.state_dir(), "fulldisk", {}).saved_step() == 1
     assert not (host.embeddings_dir() / "fulldisk.safetensors").exists()
+
+
+def test_saved_progress_with_missing_parts_is_a_clear_error(host, faces, RecordingSink):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from anybody.errors import ModelFileError
+
+    host.sink = RecordingSink(cancel_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        ci.train_cross_init(host, faces, "partial", FAST)
+    path = host.state_dir() / "partial.state.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = json.loads(f.metadata()["anybody.state"]), {k: f.get_tensor(k) for k in f.keys()}
+    del meta["param_groups"]
+    save_file({k: v for k, v in tensors.items() if not k.startswith("param.")}, str(path),
+              metadata={"anybody.state": json.dumps(meta)})
+    host.sink = RecordingSink()
+    with pytest.raises(ModelFileError, match="incomplete.*start over"):
+        ci.train_cross_init(host, faces, "partial", FAST, resume=True)
+    path.write_bytes(b"\x00garbage")
+    with pytest.raises(ModelFileError, match="cannot be read"):
+        ci.train_cross_init(host, faces, "partial", FAST, resume=True)
