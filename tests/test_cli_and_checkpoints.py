@@ -51,25 +51,38 @@ def test_missing_corrupt_and_pickled_checkpoints(tmp_path, capsys):
     assert "error:" in capsys.readouterr().err
 
 
-def test_single_file_checkpoint_loads_offline_and_matches_its_source(tmp_path):
-    """The CLI's loader: an LDM-layout file + shipped-style configs -> the same model, no network."""
+@pytest.fixture
+def tiny_checkpoint_parts(tmp_path):
+    """Tiny SD1.x modules and a shipped-style config folder describing them (the CLI loader's inputs)."""
     import json
     import shutil
 
-    from ldm_checkpoint import save_sd1_checkpoint
-
     from anybody.assets import asset_path
-    from anybody.host.checkpoint import load_checkpoint_host
     from anybody.host.tiny import tiny_sd1_modules
 
     unet, vae, te, _ = tiny_sd1_modules(seed=3)
-    ckpt = tmp_path / "tiny.safetensors"
-    save_sd1_checkpoint(ckpt, unet, vae, te, dtype=torch.float32)
     config = tmp_path / "config"
     shutil.copytree(asset_path("configs", "sd15"), config)
     unet.save_config(config / "unet")
     vae.save_config(config / "vae")
     (config / "text_encoder" / "config.json").write_text(json.dumps(te.config.to_dict()))
+    return unet, vae, te, config
+
+
+@pytest.mark.parametrize("layout", ["current", "old text encoder keys"])
+def test_single_file_checkpoint_loads_offline_and_matches_its_source(tmp_path, tiny_checkpoint_parts, layout):
+    """The CLI's loader: an LDM-layout file + shipped-style configs -> the same model, no network."""
+    from ldm_checkpoint import save_sd1_checkpoint
+    from safetensors.torch import load_file
+
+    from anybody.host.checkpoint import load_checkpoint_host
+
+    unet, vae, te, config = tiny_checkpoint_parts
+    ckpt = tmp_path / "tiny.safetensors"
+    save_sd1_checkpoint(ckpt, unet, vae, te, dtype=torch.float32)
+    if layout != "current":  # early SD1 files: cond_stage_model.transformer.<...> without text_model.
+        sd = load_file(str(ckpt))
+        save_file({k.replace("transformer.text_model.", "transformer."): v for k, v in sd.items()}, str(ckpt))
     host = load_checkpoint_host(ckpt, out_dir=tmp_path, config_dir=config, device="cpu")
     assert host.family == "sd1" and host.prediction == "eps"
     x, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
@@ -81,27 +94,18 @@ def test_single_file_checkpoint_loads_offline_and_matches_its_source(tmp_path):
 
 
 @pytest.mark.parametrize("file_dtype", [torch.float16, torch.float32])
-def test_low_memory_loads_either_file_dtype_into_fp16_frozen_weights(tmp_path, file_dtype):
-    """--low-memory asks diffusers for fp16 only when the file is fp16 (no fp32 copy ever); an fp32 file loads as
-    stored and is halved in place, so the low-memory peak never exceeds the default's."""
-    import json
-    import shutil
-
+def test_low_memory_loads_either_file_dtype_into_fp16_frozen_weights(tmp_path, tiny_checkpoint_parts, file_dtype):
+    """--low-memory reads the UNet straight into fp16 whatever the file's dtype (no fp32 copy ever), so its peak
+    never exceeds the default's."""
     from ldm_checkpoint import save_sd1_checkpoint
 
-    from anybody.assets import asset_path
-    from anybody.host.checkpoint import load_checkpoint_host, unet_storage_dtype
-    from anybody.host.tiny import tiny_sd1_modules
+    from anybody.host.checkpoint import UNET_KEY, load_checkpoint_host
+    from anybody.host.single_file import FileTensors
 
-    unet, vae, te, _ = tiny_sd1_modules(seed=3)
+    unet, vae, te, config = tiny_checkpoint_parts
     ckpt = tmp_path / "tiny.safetensors"
     save_sd1_checkpoint(ckpt, unet, vae, te, dtype=file_dtype)
-    assert unet_storage_dtype(ckpt) == {torch.float16: "F16", torch.float32: "F32"}[file_dtype]
-    config = tmp_path / "config"
-    shutil.copytree(asset_path("configs", "sd15"), config)
-    unet.save_config(config / "unet")
-    vae.save_config(config / "vae")
-    (config / "text_encoder" / "config.json").write_text(json.dumps(te.config.to_dict()))
+    assert FileTensors(ckpt).get_tensor(UNET_KEY).dtype == file_dtype
     host = load_checkpoint_host(ckpt, out_dir=tmp_path, config_dir=config, device="cpu", low_memory=True)
     assert host.unet.conv_in.weight.dtype == torch.float16 and host.unet.conv_norm_out.weight.dtype == torch.float32
     assert next(host.encoders["clip_l"].model.parameters()).dtype == torch.float32
@@ -116,6 +120,7 @@ def test_plain_reads_give_what_safetensors_gives_and_truncation_is_named(tmp_pat
     from anybody.host.single_file import FileTensors
 
     tensors = {"f16": torch.randn(3, 5).half(), "f32": torch.randn(7), "bf16": torch.randn(2, 2).bfloat16(),
+               "f8": torch.randn(4).to(torch.float8_e4m3fn),
                "i64": torch.arange(4), "b": torch.tensor([True, False]), "empty": torch.zeros(0, 3)}
     path = tmp_path / "t.safetensors"
     save_file(tensors, str(path), metadata={"k": "v"})

@@ -18,6 +18,7 @@ FAMILY_MARKERS = {  # text-encoder key -> family
     "conditioner.embedders.1.model.ln_final.weight": "sdxl",
     "cond_stage_model.model.ln_final.weight": "sd2",
     "cond_stage_model.transformer.text_model.final_layer_norm.weight": "sd1",
+    "cond_stage_model.transformer.final_layer_norm.weight": "sd1",  # early SD1 files, without text_model.
 }
 SUPPORTED = {"sd1": "sd15"}  # family -> shipped diffusers config folder
 
@@ -51,14 +52,6 @@ def detect_family(path: str | Path) -> str:
         if marker in keys:
             return family
     raise ModelFileError(f"{path.name} has a UNet but no SD1.x/SD2.x/SDXL text encoder; this model family is not supported.")
-
-
-def unet_storage_dtype(path: str | Path) -> str:
-    """The safetensors dtype name of the file's UNet weights ("F16", "F32", "BF16"), read from the header only."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.get_slice(UNET_KEY).get_dtype()
 
 
 def load_checkpoint_host(path: str | Path, out_dir: str | Path = "anybody_out", prediction: str | None = None,

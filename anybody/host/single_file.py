@@ -22,7 +22,9 @@ UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX = "model.diffusion_model.", "first_stage_mo
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
+           "BOOL": torch.bool, **{name: getattr(torch, attr) for name, attr in (("F8_E4M3", "float8_e4m3fn"),
+                                                                               ("F8_E5M2", "float8_e5m2"))
+                                    if hasattr(torch, attr)}}
 
 
 class FileTensors:
@@ -47,9 +49,11 @@ class FileTensors:
         info = self.header[key]
         begin, end = info["data_offsets"]
         dtype = _DTYPES.get(info["dtype"])
-        if dtype is None or self.data_start + end > self.size:
-            raise ModelFileError(f"{self.path.name}: tensor {key} is unreadable (dtype {info['dtype']}, or the file "
-                                 "is truncated); download it again.")
+        if dtype is None:
+            raise ModelFileError(f"{self.path.name}: tensor {key} has dtype {info['dtype']}, which this loader does not "
+                                 "read; convert the checkpoint to fp16 or fp32.")
+        if self.data_start + end > self.size:
+            raise ModelFileError(f"{self.path.name} is truncated (tensor {key}); download it again.")
         tensor = torch.empty(info["shape"], dtype=dtype)
         view = tensor.view(-1).view(torch.uint8).numpy() if tensor.numel() else None
         if view is not None:
@@ -109,6 +113,8 @@ def load_sd1_modules(path: str | Path, config: Path, unet_dtype: torch.dtype = t
         name = key[len(CLIP_PREFIX):]
         if name not in own and name.startswith("text_model."):  # transformers 5 does not nest text_model
             name = name[len("text_model."):]
+        elif name not in own and f"text_model.{name}" in own:  # old files without the text_model level
+            name = f"text_model.{name}"
         if name in own or not name.endswith("position_ids"):  # some files carry the position-id buffer
             state[name] = tensor
     _assign(text_encoder, state, "text encoder")
