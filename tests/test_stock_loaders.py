@@ -1,5 +1,4 @@
 """Round trips through third-party loaders: what we write must reproduce our conditioning there."""
-import pytest
 import torch
 
 from anybody.host.diffusers import DiffusersHost, DiffusersTextEncoder

@@ -6,7 +6,6 @@ from anybody.errors import BadInputError, ModelFileError, WrongModelFamilyError
 from anybody.files import safe_name
 from anybody.identity import Identity
 from anybody.text.embedding_file import load_embedding, save_embedding
-from anybody.text.prompt import prompt_rows
 
 
 def test_rows_layout_places_vectors_and_pads(host):
