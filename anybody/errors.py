@@ -31,6 +31,10 @@ class TrainingDivergedError(AnybodyError):
     """The loss became NaN/inf; the last good state is kept on disk."""
 
 
+class NoGradientError(AnybodyError):
+    """The trained tensors got no gradient: the host's model ignores them (an attention kernel without backward)."""
+
+
 class ProgressNotSavedError(AnybodyError):
     """Saving the training progress failed; the previous save is intact."""
 

@@ -260,7 +260,8 @@ def test_resume_with_different_settings_is_refused(host, faces, RecordingSink):
 
 
 def test_nan_loss_is_a_clear_error_and_writes_nothing(host, faces, monkeypatch):
-    monkeypatch.setattr(host, "predict", lambda x_t, t, cond: torch.full_like(x_t, float("nan")))
+    real = host.predict
+    monkeypatch.setattr(host, "predict", lambda x_t, t, cond: real(x_t, t, cond) * float("nan"))
     with pytest.raises(TrainingDivergedError, match="step 1"):
         ci.train_cross_init(host, faces, "nan", FAST)
     assert not (host.embeddings_dir() / "nan.safetensors").exists()
@@ -400,3 +401,14 @@ def test_saved_progress_with_missing_parts_is_a_clear_error(host, faces, Recordi
     path.write_bytes(b"\x00garbage")
     with pytest.raises(ModelFileError, match="cannot be read"):
         ci.train_cross_init(host, faces, "partial", FAST, resume=True)
+
+
+def test_a_model_that_ignores_the_trained_vectors_is_an_error_not_a_silent_no_op(host, faces, monkeypatch):
+    """What an attention kernel without a backward pass (ComfyUI --use-sage-attention) does to training."""
+    from anybody.errors import NoGradientError
+
+    real = host.predict
+    monkeypatch.setattr(host, "predict", lambda x_t, t, cond: real(x_t, t, type(cond)(cond.context.detach(), None)))
+    with pytest.raises(NoGradientError, match="No gradient reaches the identity vectors.*sage"):
+        ci.train_cross_init(host, faces, "nograd", FAST)
+    assert not (host.embeddings_dir() / "nograd.safetensors").exists()

@@ -22,7 +22,7 @@ from ..files import ensure_writable_folder, safe_name
 from ..host.base import Host, TextEncoder
 from ..identity import Identity
 from ..images import square_batch
-from ..train.engine import StepResult, Trainer, is_out_of_memory
+from ..train.engine import StepResult, Trainer, is_out_of_memory, no_gradient
 from ..train.loss_scale import LossScale
 from ..train.state import TrainingState
 
@@ -166,6 +166,8 @@ def cross_init_loss(host: Host, theta: dict[str, torch.Tensor], init: dict[str, 
         with host.autocast():
             cond = host.encode_prompts(prompts, {word: theta})
             pred = host.predict(x_t, t, cond).float()
+        if torch.is_grad_enabled() and not pred.requires_grad:
+            raise no_gradient("the identity vectors through the UNet")
         target = eps if host.prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * z0
         loss = F.mse_loss(pred, target) + regulariser(theta, init, config.reg_weight)
 

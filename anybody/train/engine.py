@@ -13,7 +13,7 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from ..errors import OutOfMemoryAnybodyError, ProgressNotSavedError, TrainingDivergedError
+from ..errors import NoGradientError, OutOfMemoryAnybodyError, ProgressNotSavedError, TrainingDivergedError
 from .interrupts import held_signals
 from .loss_scale import LossScale
 from .sink import ProgressSink
@@ -79,7 +79,7 @@ class Trainer:
                     with held_signals():
                         self._save(done)
                         saved, last_save = done, time.monotonic()
-        except (TrainingDivergedError, ProgressNotSavedError):
+        except (TrainingDivergedError, ProgressNotSavedError, NoGradientError):
             raise
         except BaseException as exc:  # cancel (host exception / Ctrl-C), out of memory or crash: keep what was learned
             if self.state is not None and done > saved:
@@ -153,6 +153,8 @@ class Trainer:
 
     def _check_grads(self, step: int) -> None:
         for name, p in self.params.items():
+            if p.grad is None:
+                raise no_gradient(f"'{name}'")
             if p.grad is not None and not torch.isfinite(p.grad).all():
                 self._diverged_grads(step, name)
 
@@ -161,6 +163,14 @@ class Trainer:
         raise TrainingDivergedError(
             f"The gradient of '{name}' became NaN/inf at step {step + 1}. Nothing was written for this run. "
             "Lower the learning rate or check the images.")
+
+
+def no_gradient(what: str) -> NoGradientError:
+    """The model's output does not depend on what is trained: training would silently change nothing."""
+    return NoGradientError(
+        f"No gradient reaches {what}: the model's output does not depend on it, so training would change nothing. An "
+        "attention backend without a backward pass does this (ComfyUI: --use-sage-attention; restart without it to "
+        "train), as does a node that replaces the conditioning inside the model.")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
