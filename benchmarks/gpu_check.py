@@ -150,17 +150,15 @@ def comfy_worker(args) -> dict:
 
     # gradient of θ in the training dtype (bf16 or fp16 + loss scale) against an fp32 copy of the same checkpoint
     mm.unload_all_models()
-    result["grad_cos_vs_fp32"] = round(grad_cosine(pack_module, model, clip, vae, ckpt_dir / "check15.safetensors",
-                                                   size, 2 if args.dry else 8), 5)
-    result["compute_dtype"] = GRAD_DTYPE.get("dtype")
+    cosine, dtype = grad_cosine(pack_module, model, clip, vae, ckpt_dir / "check15.safetensors", size,
+                                2 if args.dry else 8)
+    result["grad_cos_vs_fp32"], result["compute_dtype"] = round(cosine, 5), dtype
     return result
 
 
-GRAD_DTYPE: dict = {}
-
-
-def grad_cosine(pack_module, model, clip, vae, path: Path, size: int, batch: int) -> float:
-    """cos(grad θ) of one fixed Cross-Init batch: the host's training dtype vs the same checkpoint in fp32."""
+def grad_cosine(pack_module, model, clip, vae, path: Path, size: int, batch: int) -> tuple[float, str]:
+    """cos(grad θ) of one fixed Cross-Init batch: the host's training dtype vs the same checkpoint in fp32; and
+    the training dtype (with "+ loss scale" where fp16 scales the loss)."""
     import comfy.sd
 
     ci = pack_module("anybody.methods.cross_init")
@@ -172,7 +170,7 @@ def grad_cosine(pack_module, model, clip, vae, path: Path, size: int, batch: int
     config = ci.CrossInitConfig(batch=batch, resolution=size)
     images = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(0))
     names, templates = ci.read_lines(ci.DEFAULT_NAMES), ci.read_lines(ci.TEMPLATES)
-    grads = []
+    grads, dtypes = [], []
     for m, c in ((model, clip), (fp32[0], fp32[1])):
         host = ComfyHost(m, c, vae)
         pixels = ci.square_batch(images, size)
@@ -184,13 +182,12 @@ def grad_cosine(pack_module, model, clip, vae, path: Path, size: int, batch: int
                 fixed_init = init  # both runs start from the same vectors
             theta = {k: v.clone().to(host.device).requires_grad_(True) for k, v in fixed_init.items()}
             scale = loss_scale.LossScale() if host.compute_dtype == torch.float16 else None
-            if not grads:
-                GRAD_DTYPE["dtype"] = str(host.compute_dtype).replace("torch.", "") + (" + loss scale" if scale else "")
+            dtypes.append(str(host.compute_dtype).replace("torch.", "") + (" + loss scale" if scale else ""))
             trainer = engine.Trainer(theta, torch.optim.SGD(list(theta.values()), lr=0.0), ci.cross_init_loss(
                 host, theta, fixed_init, mean, std, templates, "<x>", config), host.sink, 1, 0, loss_scale=scale)
             trainer.step_gradients(0)
             grads.append(torch.cat([theta[k].grad.flatten().float().cpu() for k in sorted(theta)]))
-    return float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0))
+    return float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)), dtypes[0]
 
 
 def run_comfy_modes(args, ckpt: Path) -> list[dict]:

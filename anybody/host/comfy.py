@@ -67,16 +67,19 @@ class ComfyTextEncoder(TextEncoder):
     def __init__(self, host: "ComfyHost", key: str) -> None:
         self.host, self.key = host, key
         self.tok = getattr(host.clip.tokenizer, key)
-        table = getattr(host.clip.cond_stage_model, key).transformer.get_input_embeddings().weight
-        self.width = int(table.shape[-1])
+        self.width = int(self._table().shape[-1])
         self.bos, self.eos, self.pad = self.tok.start_token, self.tok.end_token, self.tok.pad_token
 
     def tokenize(self, text: str) -> list[int]:
         ids = self.tok.tokenizer(text)["input_ids"]
         return [i for i in ids if i not in (self.bos, self.eos)]
 
+    def _table(self) -> torch.Tensor:
+        """The graph CLIP's token table (the training copy holds the same values)."""
+        return getattr(self.host.clip.cond_stage_model, self.key).transformer.get_input_embeddings().weight
+
     def token_rows(self, ids: Sequence[int]) -> torch.Tensor:
-        table = getattr(self.host.clip.cond_stage_model, self.key).transformer.get_input_embeddings().weight
+        table = self._table()
         with torch.inference_mode(False):
             return table[torch.as_tensor(list(ids), device=table.device)].detach().float().cpu().clone()
 
@@ -151,6 +154,11 @@ def _digest(obj) -> str:
     if hasattr(obj, "weights"):
         return f"{type(obj).__name__}({_digest(obj.weights)})"
     return type(obj).__name__ if not isinstance(obj, (str, int, float)) else str(obj)
+
+
+def _patches_digest(patches: dict) -> str:
+    """Keys, strengths and tensor digests of a patcher's weight patches (what LoraLoader adds)."""
+    return "|".join(f"{k}:{[(p[0], _digest(p[1]), p[2]) for p in v]}" for k, v in sorted(patches.items()))
 
 
 def clip_family(clip) -> str:
@@ -271,25 +279,21 @@ class ComfyHost(Host):
         return self._alphas
 
     def fingerprint_extras(self) -> str:
-        """What else changes the trained vectors: clip skip, CLIP LoRA patches, the sampling schedule (a
+        """What else changes the trained vectors: MODEL and CLIP LoRA patches, clip skip, the noise schedule (a
         ModelSamplingDiscrete node), hook patches."""
-        sigmas = self._alphas
-        clip_patches = "|".join(f"{k}:{[(p[0], _digest(p[1]), p[2]) for p in v]}"
-                                for k, v in sorted(self.clip.patcher.patches.items()))
+        alphas = self._alphas
         hooks = len(getattr(self.model, "hook_patches", {}) or {})
-        return (f"layer={self.clip.layer_idx};prediction={self.prediction};schedule={sigmas.sum().item():.9g}:"
-                f"{sigmas[-1].item():.9g};clip={clip_patches};hooks={hooks}")
+        return (f"model={_patches_digest(self.model.patches)};clip={_patches_digest(self.clip.patcher.patches)};"
+                f"layer={self.clip.layer_idx};prediction={self.prediction};"
+                f"schedule={alphas.sum().item():.9g}:{alphas[-1].item():.9g};hooks={hooks}")
 
     def unet_probe_tensors(self) -> list[torch.Tensor]:
         """Input/output convolutions as the file has them (a LoRA patched in while loaded is read from the
-        patcher's backup), plus the weight patches' keys and strengths, which change the trained result too."""
+        patcher's backup)."""
         probes = []
         for key in ("diffusion_model.input_blocks.0.0.weight", "diffusion_model.out.2.weight"):
             backup = getattr(self.model, "backup", {}).get(key)
-            weight = getattr(backup, "weight", backup) if backup is not None else _get_attr(self.model.model, key)
-            probes.append(weight)
-        patches = "|".join(f"{k}:{[(p[0], _digest(p[1]), p[2]) for p in v]}" for k, v in sorted(self.model.patches.items()))
-        probes.append(torch.tensor(list(patches.encode()), dtype=torch.uint8))
+            probes.append(getattr(backup, "weight", backup) if backup is not None else _get_attr(self.model.model, key))
         return probes
 
     def active_model(self):
@@ -312,48 +316,43 @@ class ComfyHost(Host):
         """Make and load the training copies (UNet + text encoders) once; unload them afterwards."""
         import comfy.model_management as mm
 
-        from . import comfy_training
-        from .comfy_training import load_fully, strip_attention_patches, training_clip, training_patcher, unload
+        from . import comfy_training as copies
 
         host_dtype = self.compute_dtype
         with torch.inference_mode(False), torch.enable_grad():
             self.sink.check_cancel()
-            train_model = training_patcher(self.model)
-            if comfy_training.bf16_instead_of_fp16(train_model.model, train_model.load_device, self._manual_cast):
-                comfy_training.to_bf16(train_model)
+            train_model = copies.training_patcher(self.model)
+            if copies.bf16_instead_of_fp16(train_model.model, train_model.load_device, self._manual_cast):
+                copies.to_bf16(train_model)
                 self.compute_dtype = torch.bfloat16
-            stripped = strip_attention_patches(train_model)
+            stripped = copies.strip_attention_patches(train_model)
             if stripped:
                 self.sink.log(f"Attention patches on the MODEL are not trained through (removed for training "
                               f"only): {', '.join(stripped)}")
             self.sink.check_cancel()
-            train_clip = training_clip(self.clip, train_model.load_device)
+            train_clip = copies.training_clip(self.clip, train_model.load_device)
             per_pixel = _ACTIVATION_BYTES_PER_PIXEL[self.family] * torch.finfo(self.compute_dtype).bits // 16
             reserve = batch_pixels * per_pixel // (4 if checkpointing else 1)
             try:
                 self.sink.check_cancel()
-                load_fully([train_model, train_clip.patcher], memory_required=reserve)
+                copies.load_fully([train_model, train_clip.patcher], memory_required=reserve)
                 self.sink.log(f"Training on {train_model.load_device} in {str(self.compute_dtype).replace('torch.', '')}"
                               f" ({reserve / 2**30:.1f} GiB reserved for activations)")
                 self._train_model, self._train_clip = train_model, train_clip
-                with _differentiable_clip(train_clip.cond_stage_model), \
-                        self._checkpointing(train_model, checkpointing):
+                with _differentiable_clip(train_clip.cond_stage_model), self.checkpointing(checkpointing):
                     yield
             finally:
                 self._train_model = self._train_clip = None
                 self.compute_dtype = host_dtype
-                unload(train_model)
-                unload(train_clip.patcher)
+                copies.unload(train_model)
+                copies.unload(train_clip.patcher)
                 mm.soft_empty_cache()
 
-    @staticmethod
-    def _checkpointing(train_model, enabled: bool):
+    def checkpointing(self, enabled: bool):
+        """On the training copy's UNet (``training()`` calls it once the copy is loaded)."""
         if not enabled:
             return contextlib.nullcontext()
-        return _checkpointed_blocks(train_model.model.diffusion_model)
-
-    def checkpointing(self, enabled: bool):
-        return contextlib.nullcontext()  # applied to the training copy in training()
+        return _checkpointed_blocks(self.active_model().model.diffusion_model)
 
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """VAE latents, a few photos at a time so Cancel is honoured; normal tensors (made outside inference mode)."""

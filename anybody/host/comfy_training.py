@@ -123,13 +123,7 @@ def bf16_instead_of_fp16(base, device: torch.device, manual_cast: torch.dtype | 
 def to_bf16(patcher) -> None:
     """Store the training copy's UNet in bf16 (it is ours alone); ComfyUI casts inputs to ``diffusion_model.dtype``."""
     unet = patcher.model.diffusion_model
-    for sub in unet.modules():
-        for name, p in sub._parameters.items():
-            if p is not None and p.is_floating_point():
-                p.data = p.data.to(torch.bfloat16)
-        for name, b in sub._buffers.items():
-            if b is not None and b.is_floating_point():
-                sub._buffers[name] = b.to(torch.bfloat16)
+    unet.to(torch.bfloat16)  # floating-point parameters and buffers only
     unet.dtype = torch.bfloat16
 
 

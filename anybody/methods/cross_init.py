@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 
 from ..assets import asset_path, read_lines
-from ..errors import AnybodyError, BadInputError, FileExistsAnybodyError, OutOfMemoryAnybodyError
+from ..errors import AnybodyError, BadInputError, FileExistsAnybodyError
 from ..files import ensure_writable_folder, safe_name
 from ..host.base import Host, TextEncoder
 from ..identity import Identity
 from ..images import square_batch
-from ..train.engine import StepResult, Trainer, is_out_of_memory, no_gradient
+from ..train.engine import StepResult, Trainer, is_out_of_memory, no_gradient, out_of_memory
 from ..train.loss_scale import LossScale
-from ..train.state import TrainingState
+from ..train.state import RESUMABLE_CHANGES, TrainingState
 
 DEFAULT_NAMES = asset_path("celebrity_names.txt")
 TEMPLATES = asset_path("ti_templates.txt")
@@ -119,8 +119,8 @@ class TrainedIdentity(NamedTuple):
     reused: bool  # True when a file from the same settings, photos and checkpoint was loaded instead of training
 
 
-#: settings that do not change the trained vectors (excluded from the result key)
-_NOT_IN_RESULT = ("save_every", "preview_every", "gradient_checkpointing")
+#: settings that do not change the trained vectors: those a resume may change, except the number of steps
+_NOT_IN_RESULT = tuple(k for k in RESUMABLE_CHANGES if k != "steps")
 RESULT_KEY = "anybody.result_key"
 
 
@@ -235,7 +235,7 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
     if reused is not None:
         host.sink.log(f"'{name}' was already trained with these photos, settings and checkpoint: loaded {target}, "
                       "not retrained.")
-        return TrainedIdentity(Identity(name, reused.family, reused.vectors, reused.method, reused.metadata), target, True)
+        return TrainedIdentity(reused, target, True)
     state = TrainingState(host.state_dir(), name, run_config)
     resuming = state.exists() and not restart
     if resuming and not resume:
@@ -252,11 +252,11 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
         host.sink.log(f"Discarded the saved progress of '{name}' (start over).")
     word = f"<{name}>"
     templates = read_lines(TEMPLATES)
+    for folder in (host.embeddings_dir(), host.state_dir()):  # before the training time is spent, not after
+        ensure_writable_folder(folder)
     # Latent mean/std of each photo and its mirror image, computed once and before the UNet loads: the official
     # script re-encodes every step (27 % of its step time); sampling from the cached posterior gives the same
     # distribution.
-    for folder in (host.embeddings_dir(), host.state_dir()):  # before the training time is spent, not after
-        ensure_writable_folder(folder)
     host.sink.check_cancel()
     mean, std = host.encode_images(torch.cat([pixels, pixels.flip(2)]))
     batch_pixels = config.batch * config.resolution**2
@@ -284,10 +284,7 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
             trainer.run(start)
     except BaseException as exc:
         if not isinstance(exc, AnybodyError) and is_out_of_memory(exc):
-            raise OutOfMemoryAnybodyError(
-                "Out of memory while preparing training. Lower 'batch' (raise 'grad_accum' to keep the "
-                "result), turn on gradient_checkpointing or lower the resolution; close other programs using the GPU."
-            ) from exc
+            raise out_of_memory("while preparing training") from exc
         raise
     for k, v in theta.items():  # trained vectors end near the init's scale; far beyond it, prompts drown
         ratio = (v.detach().norm(dim=-1) / init[k].to(v).norm(dim=-1).clamp_min(1e-6)).max().item()

@@ -76,23 +76,18 @@ class Trainer:
                 due = (self.save_every and done % self.save_every == 0) or (
                     self.save_minutes and time.monotonic() - last_save >= self.save_minutes * 60)
                 if self.state is not None and due and done < self.steps:
-                    with held_signals():
-                        self._save(done)
-                        saved, last_save = done, time.monotonic()
+                    self._save(done)
+                    saved, last_save = done, time.monotonic()
         except (TrainingDivergedError, ProgressNotSavedError, NoGradientError):
             raise
         except BaseException as exc:  # cancel (host exception / Ctrl-C), out of memory or crash: keep what was learned
             if self.state is not None and done > saved:
-                with held_signals():
-                    self._save(done)
+                self._save(done)
                 self.sink.log(f"Stopped at step {done}/{self.steps}; progress saved. Run again with the same settings to "
                               "continue (ComfyUI: saved_progress 'resume'; command line: --resume).")
             if is_out_of_memory(exc):
-                raise OutOfMemoryAnybodyError(
-                    f"Out of memory at step {done + 1}" + (f" (state of step {done} saved: resume continues there)" if
-                                                            self.state is not None and done else "") +
-                    ". Lower 'batch' and raise 'grad_accum' by the same factor (same result), turn on "
-                    "gradient_checkpointing, or lower the resolution; close other programs using the GPU.") from exc
+                raise out_of_memory(f"at step {done + 1}" + (f" (state of step {done} saved: resume continues there)"
+                                                             if self.state is not None and done else "")) from exc
             raise
         if self.state is not None and done > saved:
             self._save(done)
@@ -134,9 +129,11 @@ class Trainer:
         return total, preview
 
     def _save(self, done: int) -> None:
+        """Save progress with interrupts held back: parameters, counters and the file change together or not at all."""
         extra = {"loss_scale": self.loss_scale.state()} if self.loss_scale is not None else {}
         try:
-            self.state.save(done, self.params, self.optimizer, extra)
+            with held_signals():
+                self.state.save(done, self.params, self.optimizer, extra)
         except OSError as exc:  # full disk, file-size limit, permissions changed mid-run
             raise ProgressNotSavedError(
                 f"Could not save the progress of step {done} to {self.state.path} ({exc.strerror or exc}). The last "
@@ -155,7 +152,7 @@ class Trainer:
         for name, p in self.params.items():
             if p.grad is None:
                 raise no_gradient(f"'{name}'")
-            if p.grad is not None and not torch.isfinite(p.grad).all():
+            if not torch.isfinite(p.grad).all():
                 self._diverged_grads(step, name)
 
     @staticmethod
@@ -163,6 +160,13 @@ class Trainer:
         raise TrainingDivergedError(
             f"The gradient of '{name}' became NaN/inf at step {step + 1}. Nothing was written for this run. "
             "Lower the learning rate or check the images.")
+
+
+def out_of_memory(where: str) -> OutOfMemoryAnybodyError:
+    """The out-of-memory error every trainer raises: where it happened, and what to lower."""
+    return OutOfMemoryAnybodyError(
+        f"Out of memory {where}. Lower 'batch' and raise 'grad_accum' by the same factor (same result), turn on "
+        "gradient_checkpointing, or lower the resolution; close other programs using the GPU.")
 
 
 def no_gradient(what: str) -> NoGradientError:
