@@ -96,3 +96,23 @@ def comfy_detectable_sd15(seed: int = 0):
     te = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                                       num_attention_heads=12, hidden_act="quick_gelu", max_position_embeddings=77))
     return unet, vae, te
+
+
+def full_size_sd15(seed: int = 0):
+    """Random modules with SD1.5's exact architecture (what the A1111 webui instantiates from v1-inference.yaml and
+    loads a checkpoint into; it accepts nothing smaller)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=64, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
+                                cross_attention_dim=768, attention_head_dim=8)
+    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    te = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                      num_attention_heads=12, hidden_act="quick_gelu", max_position_embeddings=77))
+    with torch.no_grad():  # trained layer norms have biases: with zero ones the webui's emphasis divides 0 by 0
+        for norm in (m for m in te.modules() if isinstance(m, torch.nn.LayerNorm)):
+            norm.weight.add_(torch.randn_like(norm.weight) * 0.1)
+            norm.bias.add_(torch.randn_like(norm.bias) * 0.1)
+    return unet, vae, te

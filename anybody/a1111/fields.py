@@ -1,0 +1,132 @@
+"""Request fields of the webui's tab and HTTP routes: the ComfyUI node's input names and defaults, checked.
+
+One rule for every capability: a JSON body (or the tab's controls) uses the node's input names, so a user who
+knows one front door knows the other. Unknown fields are errors (a typo would otherwise train with a default).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any, Mapping
+
+import torch
+
+from ..errors import BadInputError
+from ..methods.cross_init import PRESETS, CrossInitConfig, preset as make_config
+
+_PAPER = CrossInitConfig()
+BUNDLED_NAMES = "bundled"
+SAVED_PROGRESS = ("resume", "start over")
+
+#: AnybodyCrossInitTrain's inputs (less MODEL/CLIP/VAE, which are the webui's loaded model) and their defaults;
+#: ``face_model`` is the name of an insightface pack in models/insightface ("" = none).
+CROSS_INIT_FIELDS: dict[str, Any] = {
+    "images": None, "name": "my_face", "preset": "paper-320", "steps": _PAPER.steps, "lr": _PAPER.lr,
+    "batch": _PAPER.batch, "grad_accum": _PAPER.grad_accum, "resolution": 0, "seed": _PAPER.seed,
+    "save_every": _PAPER.save_every, "preview_every": _PAPER.preview_every, "saved_progress": "resume",
+    "overwrite": False, "names_file": BUNDLED_NAMES, "gradient_checkpointing": False, "face_model": "",
+    "crop_to_face": False,
+}
+CHOICES = {"preset": (*PRESETS, "custom"), "saved_progress": SAVED_PROGRESS}
+
+
+def checked_fields(body: Mapping[str, Any], spec: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``body`` over the defaults of ``spec``, each value of its default's type; unknown names are errors."""
+    if not isinstance(body, Mapping):
+        raise BadInputError(f"The {what} request must be a JSON object with fields {', '.join(spec)}.")
+    unknown = sorted(set(body) - set(spec))
+    if unknown:
+        raise BadInputError(f"Unknown field(s) {', '.join(unknown)} for {what}; the fields are {', '.join(spec)}.")
+    out = dict(spec)
+    for key, value in body.items():
+        default = spec[key]
+        if default is None:  # free-form (images: decoded by the caller)
+            out[key] = value
+            continue
+        kind = type(default)
+        ok = (isinstance(value, bool) if kind is bool else
+              isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+              isinstance(value, int) and not isinstance(value, bool) if kind is int else isinstance(value, kind))
+        if not ok:
+            raise BadInputError(f"{what}: '{key}' must be {kind.__name__} (like {default!r}), got {value!r}.")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise BadInputError(f"{what}: '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}.")
+        out[key] = float(value) if kind is float else value
+    return out
+
+
+def cross_init_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], CrossInitConfig]:
+    """The checked fields and the training config of a cross-init request (``resume: true|false`` is accepted as
+    a shorthand for ``saved_progress``)."""
+    body = dict(body)
+    if "resume" in body:
+        resume = body.pop("resume")
+        if not isinstance(resume, bool):
+            raise BadInputError(f"cross-init: 'resume' must be true or false, got {resume!r}.")
+        body.setdefault("saved_progress", "resume" if resume else "start over")
+    fields = checked_fields(body, CROSS_INIT_FIELDS, "cross-init")
+    chosen = {"steps": fields["steps"]} if fields["preset"] == "custom" else {}
+    config = make_config(fields["preset"], **chosen, lr=fields["lr"], batch=fields["batch"],
+                         grad_accum=fields["grad_accum"], resolution=fields["resolution"], seed=fields["seed"],
+                         save_every=fields["save_every"], preview_every=fields["preview_every"],
+                         gradient_checkpointing=fields["gradient_checkpointing"])
+    return fields, config
+
+
+def decode_image(data: str, label: str) -> torch.Tensor:
+    """A base64 PNG/JPEG/WebP (a ``data:image/...;base64,`` prefix is fine) -> ``[H,W,3]`` float 0..1."""
+    import numpy as np
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    from ..images import _to_uint8
+
+    if not isinstance(data, str) or not data:
+        raise BadInputError(f"{label} must be a base64-encoded PNG or JPEG string.")
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise BadInputError(f"{label} is not valid base64 ({exc}).") from exc
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            rgb = _to_uint8(ImageOps.exif_transpose(im))
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
+        raise BadInputError(f"{label} is not an image Anybody can read (PNG, JPEG or WebP): "
+                            f"{exc.__class__.__name__}.") from exc
+    return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).float() / 255.0
+
+
+def decode_images(values: Any, field: str = "images") -> list[torch.Tensor]:
+    if not isinstance(values, list) or not values:
+        raise BadInputError(f"'{field}' must be a non-empty list of base64-encoded photos (PNG or JPEG).")
+    return [decode_image(v, f"{field}[{i}]") for i, v in enumerate(values)]
+
+
+def encode_png(image) -> str:
+    """``[H,W,3]`` uint8 array or PIL image -> base64 PNG (what the webui's own API returns)."""
+    from PIL import Image
+
+    im = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    buffer = io.BytesIO()
+    im.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+#: AnybodyFaceAlign's inputs; ``face_model`` names the insightface pack, ``reference`` is a list of photos
+ALIGN_FIELDS: dict[str, Any] = {"images": None, "face_model": "antelopev2", "template": "ffhq512", "face": "largest",
+                                "index": 0, "if_no_face": "error", "reference": None}
+#: AnybodyIdentityScore's inputs
+SCORE_FIELDS: dict[str, Any] = {"images": None, "reference": None, "face_model": "antelopev2"}
+
+
+def _face_choices() -> None:
+    from ..face.detect import SELECT_MODES
+    from ..face.pipeline import NO_FACE
+    from ..face.templates import TEMPLATES
+
+    CHOICES.update({"template": tuple(TEMPLATES), "face": tuple(SELECT_MODES), "if_no_face": tuple(NO_FACE)})
+
+
+_face_choices()

@@ -1,0 +1,154 @@
+"""What the tab and the HTTP routes run, on the webui's loaded model. Callers hold the webui's queue lock.
+
+Each job takes decoded photos and checked fields (``fields.py``) and returns a JSON-friendly dict; user errors
+are :class:`AnybodyError` with a message for the person at the keyboard.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .. import __version__
+from ..errors import BadInputError
+from ..host import a1111 as webui
+from ..methods.cross_init import DEFAULT_NAMES, CrossInitConfig, default_resolution, train_cross_init, vector_stats
+from .fields import BUNDLED_NAMES
+
+NAMES_FOLDER = "celebrity_names"
+
+
+def names_folder() -> Path:
+    from modules import paths
+
+    return Path(paths.models_path) / NAMES_FOLDER
+
+
+def name_lists() -> list[str]:
+    folder = names_folder()
+    files = sorted(p.name for p in folder.glob("*.txt")) if folder.is_dir() else []
+    return [BUNDLED_NAMES, *files]
+
+
+def names_path(choice: str) -> Path:
+    if choice in ("", BUNDLED_NAMES):
+        return DEFAULT_NAMES
+    if Path(choice).name != choice:
+        raise BadInputError(f"names_file {choice!r} must be a file name in {names_folder()}, not a path.")
+    path = names_folder() / choice
+    if not path.is_file():
+        raise BadInputError(f"Name list {choice!r} not found in {names_folder()} (put one name per line in a .txt file "
+                            f"there; available: {', '.join(name_lists())}).")
+    return path
+
+
+@functools.lru_cache(maxsize=2)
+def _face_models(pack: str, stamp: float):
+    from ..face.models import load_face_models
+
+    return load_face_models(pack, webui.face_model_roots(), "auto", 640)
+
+
+def face_models(pack: str):
+    """An insightface pack from models/insightface, loaded once (reloaded when its folder changes)."""
+    from ..face.models import find_pack
+
+    folder = find_pack(pack, webui.face_model_roots())
+    return _face_models(pack, folder.stat().st_mtime)
+
+
+def face_packs() -> list[str]:
+    from ..face.models import list_packs
+
+    try:
+        return list_packs(webui.face_model_roots())
+    except Exception:  # a broken folder must not break the page
+        return []
+
+
+def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: CrossInitConfig,
+               sink=None) -> dict[str, Any]:
+    """Train on the loaded model, write ``<embeddings dir>/<name>.safetensors`` and make the webui load it."""
+    from ..face.training_photos import describe_missing, face_crops, photos_without_faces
+
+    host = webui.A1111Host(sink)
+    photos, warnings = list(images), []
+    if fields["face_model"]:
+        models = face_models(fields["face_model"])
+        missing = photos_without_faces(models, photos)
+        if missing:
+            warnings.append(describe_missing(missing))
+            host.sink.log(warnings[-1])
+        if fields["crop_to_face"]:
+            photos = face_crops(models, photos, fields["resolution"] or default_resolution(host))
+    elif fields["crop_to_face"]:
+        raise BadInputError("crop_to_face needs face_model (the insightface pack that finds the faces, e.g. antelopev2).")
+    identity, path, reused = train_cross_init(host, photos, fields["name"], config,
+                                              names_file=names_path(fields["names_file"]),
+                                              resume=fields["saved_progress"] == "resume",
+                                              restart=fields["saved_progress"] == "start over",
+                                              overwrite=fields["overwrite"])
+    webui.refresh_embeddings()
+    stats = vector_stats(next(iter(identity.vectors.values())))
+    return {"name": identity.name, "prompt_word": identity.name, "path": str(path), "reused": reused,
+            "family": identity.family, "vectors": identity.num_vectors, "steps": config.steps,
+            "norm_min": round(stats["norm_min"], 4), "norm_max": round(stats["norm_max"], 4), "warnings": warnings}
+
+
+def align(images: Sequence[torch.Tensor], fields: dict[str, Any], progress=None) -> tuple[dict[str, Any], list]:
+    """FaceAlign on uploaded photos: the crops (uint8 arrays) and one record per photo."""
+    from ..face.pipeline import align_images
+
+    references = list(fields["reference"] or [])
+    aligned = align_images(face_models(fields["face_model"]), list(images), fields["template"], fields["face"],
+                           fields["index"], references, fields["if_no_face"], progress)
+    found = sum(a.face is not None for a in aligned)
+    return {"found": found, "total": len(aligned), "faces": [a.record() for a in aligned]}, [a.crop for a in aligned]
+
+
+def identity_score(images: Sequence[torch.Tensor], references: Sequence[torch.Tensor],
+                   fields: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """Cosine similarity of the faces in ``images`` to the reference photos, and the bar chart (uint8 array)."""
+    import numpy as np
+
+    from ..face.score import identity_scores, score_plot, summarize
+
+    scores = identity_scores(face_models(fields["face_model"]), list(images), list(references))
+    found = [s for s in scores if s is not None]
+    return ({"mean": float(np.mean(found)) if found else None, "scores": scores, "summary": summarize(scores)},
+            score_plot(scores))
+
+
+def info() -> dict[str, Any]:
+    """Version, the loaded model's family and which capabilities and model files are present."""
+    from modules import shared
+
+    family, problem = None, None
+    if webui.is_forge():
+        problem = webui.FORGE_MESSAGE
+    else:
+        try:
+            family = webui.model_family(shared.sd_model)
+        except Exception as exc:  # no model yet, or an unsupported one: say which
+            problem = str(exc)
+    packs = face_packs()
+    return {
+        "version": __version__,
+        "host": "forge" if webui.is_forge() else "a1111",
+        "model": {"family": family, "checkpoint": getattr(getattr(shared.sd_model, "sd_checkpoint_info", None),
+                                                          "title", None), "problem": problem},
+        "embeddings_dir": str(webui.embeddings_dir()),
+        "capabilities": {"cross_init": family is not None, "align": bool(packs), "identity_score": bool(packs),
+                         "inject": family is not None},
+        "model_files": {"insightface_packs": packs, "insightface_folders": webui.face_model_roots(),
+                        "celebrity_names": name_lists()},
+        "onnxruntime": _importable("onnxruntime"), "insightface": _importable("insightface"),
+    }
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

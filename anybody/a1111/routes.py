@@ -1,0 +1,98 @@
+"""HTTP routes under ``/anybody/v1/`` (registered by ``on_app_started``); bodies use the ComfyUI node's input names.
+
+Handlers run in FastAPI's thread pool. Work on the model takes the webui's queue lock without waiting: a
+request that arrives while a generation or training runs is answered 409 at once (retry later), rather than
+holding an HTTP connection open for the length of someone else's job. Progress and Interrupt are the webui's
+own: ``GET /sdapi/v1/progress``, ``POST /sdapi/v1/interrupt``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable
+
+from ..errors import AnybodyError, OutOfMemoryAnybodyError, TrainingCancelled
+from . import fields, jobs
+
+PREFIX = "/anybody/v1"
+
+
+class Busy(Exception):
+    """The webui is generating or training; the queue lock is taken."""
+
+
+@contextlib.contextmanager
+def webui_job(job: str):
+    """The queue lock (not waited for) and ``shared.state`` of one job, as the webui's own API handlers do."""
+    from modules import call_queue, shared
+
+    if not call_queue.queue_lock.acquire(blocking=False):
+        raise Busy("The webui is busy with a generation or a training run; send the request again when it has "
+                   "finished (GET /sdapi/v1/progress shows how far it is).")
+    try:
+        shared.state.begin(job=job)
+        try:
+            yield
+        finally:
+            shared.state.end()
+    finally:
+        call_queue.queue_lock.release()
+
+
+def answer(run: Callable[[], Any]):
+    """Run a job; user errors become JSON ``{"error", "detail"}`` with a status that says who must act."""
+    from fastapi.responses import JSONResponse
+
+    try:
+        return run()
+    except Busy as exc:
+        return JSONResponse({"error": "busy", "detail": str(exc)}, status_code=409)
+    except TrainingCancelled as exc:
+        return JSONResponse({"error": "interrupted", "detail": str(exc)}, status_code=409)
+    except OutOfMemoryAnybodyError as exc:
+        return JSONResponse({"error": "out_of_memory", "detail": str(exc)}, status_code=507)
+    except AnybodyError as exc:
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=400)
+
+
+def register(app) -> None:
+    from fastapi import Body
+
+    @app.get(f"{PREFIX}/info")
+    def anybody_info():
+        """Version, the loaded model's family, capabilities and model files present."""
+        return jobs.info()
+
+    @app.post(f"{PREFIX}/train/cross-init")
+    def anybody_train_cross_init(body: dict = Body(...)):
+        """Cross-Init training on the loaded model -> the embedding path and vector statistics."""
+        def run():
+            checked, config = fields.cross_init_request(body)
+            images = fields.decode_images(checked["images"])
+            with webui_job("anybody-cross-init"):
+                return jobs.cross_init(images, checked, config)
+        return answer(run)
+
+    @app.post(f"{PREFIX}/align")
+    def anybody_align(body: dict = Body(...)):
+        """FaceAlign: aligned crops (base64 PNG) and per-photo face records."""
+        def run():
+            checked = fields.checked_fields(body, fields.ALIGN_FIELDS, "align")
+            images = fields.decode_images(checked["images"])
+            if checked["reference"] is not None:
+                checked["reference"] = fields.decode_images(checked["reference"], "reference")
+            with webui_job("anybody-align"):
+                result, crops = jobs.align(images, checked)
+            return {**result, "crops": [fields.encode_png(c) for c in crops]}
+        return answer(run)
+
+    @app.post(f"{PREFIX}/identity-score")
+    def anybody_identity_score(body: dict = Body(...)):
+        """IdentityScore: cosine similarity of generated faces to reference photos, and the chart (base64 PNG)."""
+        def run():
+            checked = fields.checked_fields(body, fields.SCORE_FIELDS, "identity-score")
+            images = fields.decode_images(checked["images"])
+            references = fields.decode_images(checked["reference"], "reference")
+            with webui_job("anybody-identity-score"):
+                result, plot = jobs.identity_score(images, references, checked)
+            return {**result, "plot": fields.encode_png(plot)}
+        return answer(run)

@@ -1,0 +1,186 @@
+"""The "Anybody" tab of the webui (``on_ui_tabs``): Cross-Init training, FaceAlign and IdentityScore.
+
+Controls carry the ComfyUI node's input names and defaults (``fields.py``); long work runs through the webui's
+``wrap_gradio_gpu_call`` (its queue lock, progress bar with live previews, Interrupt). Written for gradio 3.41
+(the webui's pin); it also builds headless, because the webui builds every tab even with ``--nowebui``.
+"""
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from ..errors import AnybodyError, TrainingCancelled
+from ..methods.cross_init import PRESETS
+from . import fields, jobs
+
+ELEM = "anybody"
+
+
+def _photos(files, label: str) -> list:
+    """Uploaded files (gradio temp files) -> ``[H,W,3]`` tensors; a non-image upload names itself."""
+    from ..errors import BadInputError
+    from ..images import load_images
+
+    if not files:
+        raise BadInputError(f"No {label} uploaded: add one or more photos (PNG or JPEG).")
+    paths = [getattr(f, "name", f) for f in files]
+    return load_images(paths, max_side=2048)
+
+
+def _message(text: str, error: bool = False) -> str:
+    cls = "error" if error else "anybody-result"
+    return f"<div class='{cls}'>{html.escape(text).replace(chr(10), '<br>')}</div>"
+
+
+def _guarded(run):
+    """User errors and Interrupt become a readable message in the tab instead of a traceback in the console."""
+    try:
+        return run()
+    except TrainingCancelled as exc:
+        return None, _message(str(exc), error=True)
+    except AnybodyError as exc:
+        return None, _message(str(exc), error=True)
+
+
+def train_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
+    names = [k for k in fields.CROSS_INIT_FIELDS if k != "images"]
+
+    def run():
+        body = dict(zip(names, values))
+        body["face_model"] = body["face_model"] if body["face_model"] != "none" else ""
+        for key in ("steps", "batch", "grad_accum", "resolution", "seed", "save_every", "preview_every"):
+            body[key] = int(body[key])
+        checked, config = fields.cross_init_request(body)
+        result = jobs.cross_init(_photos(files, "photos"), checked, config)
+        text = (f"{'Loaded (already trained with these photos and settings)' if result['reused'] else 'Trained'} "
+                f"'{result['name']}': {result['vectors']} vectors, {result['family']}, saved to {result['path']}.\n"
+                f"Write {result['prompt_word']} in a txt2img prompt.")
+        return None, _message("\n".join([*result["warnings"], text]))
+
+    out = _guarded(run)
+    return "", out[1]
+
+
+def align_from_tab(files, face_model, template, face, index, if_no_face):
+    def run():
+        checked = fields.checked_fields({"face_model": face_model, "template": template, "face": face,
+                                         "index": int(index), "if_no_face": if_no_face}, fields.ALIGN_FIELDS, "align")
+        result, crops = jobs.align(_photos(files, "photos"), checked)
+        return crops, _message(f"{result['found']}/{result['total']} face(s) aligned to {template}.")
+
+    crops, message = _guarded(run)
+    return crops or [], message
+
+
+def score_from_tab(files, reference_files, face_model):
+    def run():
+        checked = fields.checked_fields({"face_model": face_model}, fields.SCORE_FIELDS, "identity-score")
+        result, plot = jobs.identity_score(_photos(files, "generated images"),
+                                           _photos(reference_files, "reference photos"), checked)
+        lines = [result["summary"]] + [f"image {i + 1}: {'no face' if s is None else f'{s:.4f}'}"
+                                       for i, s in enumerate(result["scores"])]
+        return plot, _message("\n".join(lines))
+
+    plot, message = _guarded(run)
+    return plot, message
+
+
+def build():
+    """The tab, as ``on_ui_tabs`` wants it: ``[(blocks, title, elem_id)]``."""
+    import gradio as gr
+    from modules.call_queue import wrap_gradio_gpu_call
+
+    from ..face.detect import SELECT_MODES
+    from ..face.pipeline import NO_FACE
+    from ..face.templates import TEMPLATES
+
+    d = fields.CROSS_INIT_FIELDS
+    packs = jobs.face_packs()
+    info = jobs.info()
+    with gr.Blocks(analytics_enabled=False) as tab:
+        problem = info["model"]["problem"]
+        gr.HTML(_message(problem, error=True) if problem else
+                "<p>Put anybody into Stable Diffusion from a few photos, on the checkpoint loaded above. Trained "
+                "identities land in the embeddings folder: write their name in a prompt.</p>")
+        with gr.Tabs():
+            with gr.Tab("Cross-Init training", elem_id=f"{ELEM}_cross_init_tab"):
+                with gr.Row():
+                    with gr.Column():
+                        photos = gr.File(label="Face photos of one person", file_count="multiple",
+                                         file_types=["image"], elem_id=f"{ELEM}_train_photos")
+                        with gr.Row():
+                            name = gr.Textbox(label="name", value=d["name"], elem_id=f"{ELEM}_name",
+                                              info="embeddings/<name>.safetensors; letters, digits, _ - . (no spaces)")
+                            preset = gr.Dropdown(label="preset", choices=[*PRESETS, "custom"], value=d["preset"],
+                                                 elem_id=f"{ELEM}_preset", info="paper-320, fast-25, or custom steps")
+                            steps = gr.Number(label="steps", value=d["steps"], precision=0, elem_id=f"{ELEM}_steps")
+                        with gr.Row():
+                            lr = gr.Number(label="lr", value=d["lr"], elem_id=f"{ELEM}_lr")
+                            batch = gr.Number(label="batch", value=d["batch"], precision=0, elem_id=f"{ELEM}_batch")
+                            grad_accum = gr.Number(label="grad_accum", value=d["grad_accum"], precision=0)
+                            resolution = gr.Number(label="resolution (0: the model's own)", value=d["resolution"],
+                                                   precision=0)
+                            seed = gr.Number(label="seed", value=d["seed"], precision=0)
+                        with gr.Row():
+                            save_every = gr.Number(label="save_every", value=d["save_every"], precision=0)
+                            preview_every = gr.Number(label="preview_every", value=d["preview_every"], precision=0)
+                            saved_progress = gr.Radio(label="saved_progress", choices=list(fields.SAVED_PROGRESS),
+                                                      value=d["saved_progress"], elem_id=f"{ELEM}_saved_progress")
+                            overwrite = gr.Checkbox(label="overwrite", value=d["overwrite"],
+                                                    elem_id=f"{ELEM}_overwrite")
+                        with gr.Row():
+                            names_file = gr.Dropdown(label="names_file", choices=jobs.name_lists(),
+                                                     value=d["names_file"])
+                            checkpointing = gr.Checkbox(label="gradient_checkpointing", value=False)
+                            face_model = gr.Dropdown(label="face_model", choices=["none", *packs], value="none")
+                            crop_to_face = gr.Checkbox(label="crop_to_face", value=False)
+                        task_id = gr.Textbox(visible=False, elem_id=f"{ELEM}_task_id")
+                        train = gr.Button("Train", variant="primary", elem_id=f"{ELEM}_train")
+                    with gr.Column(elem_id=f"{ELEM}_train_output_column"):
+                        train_text = gr.Text(elem_id=f"{ELEM}_train_output", value="", show_label=False)
+                        gr.Gallery(label="Preview", show_label=False, elem_id=f"{ELEM}_train_gallery", columns=1)
+                        gr.HTML(elem_id=f"{ELEM}_train_progress", value="")
+                        train_result = gr.HTML(elem_id=f"{ELEM}_train_result", value="")
+                train.click(fn=wrap_gradio_gpu_call(train_from_tab, extra_outputs=[""]),
+                            _js="anybody_start_training",
+                            inputs=[task_id, photos, name, preset, steps, lr, batch, grad_accum, resolution, seed,
+                                    save_every, preview_every, saved_progress, overwrite, names_file, checkpointing,
+                                    face_model, crop_to_face],
+                            outputs=[train_text, train_result])
+            with gr.Tab("FaceAlign", elem_id=f"{ELEM}_align_tab"):
+                with gr.Row():
+                    with gr.Column():
+                        align_photos = gr.File(label="Photos", file_count="multiple", file_types=["image"],
+                                               elem_id=f"{ELEM}_align_photos")
+                        with gr.Row():
+                            align_pack = gr.Dropdown(label="face_model", choices=packs,
+                                                     value=packs[0] if packs else None)
+                            template = gr.Dropdown(label="template", choices=list(TEMPLATES), value="ffhq512")
+                            face = gr.Dropdown(label="face", choices=[m for m in SELECT_MODES if m != "most_similar"],
+                                               value="largest")
+                            index = gr.Number(label="index", value=0, precision=0)
+                            if_no_face = gr.Dropdown(label="if_no_face", choices=list(NO_FACE), value="error")
+                        align = gr.Button("Align", variant="primary", elem_id=f"{ELEM}_align")
+                    with gr.Column():
+                        crops = gr.Gallery(label="Aligned crops", elem_id=f"{ELEM}_crops", columns=4)
+                        align_result = gr.HTML(value="")
+                align.click(fn=wrap_gradio_gpu_call(align_from_tab, extra_outputs=[[]]),
+                            inputs=[align_photos, align_pack, template, face, index, if_no_face],
+                            outputs=[crops, align_result])
+            with gr.Tab("IdentityScore", elem_id=f"{ELEM}_score_tab"):
+                with gr.Row():
+                    with gr.Column():
+                        generated = gr.File(label="Generated images", file_count="multiple", file_types=["image"])
+                        references = gr.File(label="Reference photos", file_count="multiple", file_types=["image"])
+                        score_pack = gr.Dropdown(label="face_model", choices=packs, value=packs[0] if packs else None)
+                        score = gr.Button("Score", variant="primary", elem_id=f"{ELEM}_score")
+                    with gr.Column():
+                        chart = gr.Image(label="Identity similarity", type="numpy", interactive=False)
+                        score_result = gr.HTML(value="")
+                score.click(fn=wrap_gradio_gpu_call(score_from_tab, extra_outputs=[None]),
+                            inputs=[generated, references, score_pack], outputs=[chart, score_result])
+        if not packs:
+            gr.HTML(_message("No insightface pack found for FaceAlign, IdentityScore and crop_to_face: unzip "
+                             "antelopev2 (or buffalo_l) so its .onnx files sit in "
+                             f"{info['model_files']['insightface_folders'][0]}/models/antelopev2/."))
+    return [(tab, "Anybody", ELEM)]

@@ -1,0 +1,372 @@
+"""AUTOMATIC1111 webui adapter: ``shared.sd_model`` as the webui loaded it (hosts/a1111.md §6-§10).
+
+- Text goes through the webui's own hijacked CLIP (emphasis, BREAK, long prompts, clip skip and the user's
+  embeddings keep working): placeholder words are registered as temporary embeddings whose vectors are the
+  tensors being trained, and ``EmbeddingsWithFixes`` splices them in with ``torch.cat`` (differentiable).
+- Training runs on the loaded weights with their ``requires_grad`` switched off for the run (the webui leaves
+  it on; ``backward`` would fill 860 M gradients), the webui's gradient checkpointing and attention setting for
+  training, and the VAE moved off the GPU when the user's "unload models when training" option says so.
+- Progress, preview images and Interrupt are ``shared.state``; callers hold ``call_queue.queue_lock``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Iterator, Sequence
+
+import torch
+
+from ..errors import AnybodyError, TrainingCancelled, WrongModelFamilyError
+from ..text.embedding_file import FAMILY_ENCODERS
+from ..text.prompt import PromptRows
+from ..train.sink import ProgressSink
+from .base import Cond, Host, Injections, TextEncoder
+
+
+def is_forge() -> bool:
+    """Forge replaces ldm/sd_hijack with its own backend: Anybody's webui adapter targets A1111's object model."""
+    import importlib.util
+
+    return importlib.util.find_spec("backend") is not None and importlib.util.find_spec("ldm") is None
+
+
+FORGE_MESSAGE = ("Anybody's AUTOMATIC1111 adapter does not support Forge yet: Forge replaces the webui's Stable "
+                 "Diffusion code (ldm, sd_hijack) with its own backend. Embedding files Anybody wrote elsewhere "
+                 "load in Forge's own embeddings folder; for training use ComfyUI or the command line.")
+
+
+class A1111Sink(ProgressSink):
+    """``shared.state``: the progress bar and live preview of the webui and ``/sdapi/v1/progress``; Interrupt."""
+
+    shows_previews = True
+
+    def __init__(self, job: str = "Anybody") -> None:
+        self.job = job
+
+    def progress(self, step, total, loss=None, preview=None) -> None:
+        from modules import shared
+
+        state = shared.state
+        state.job_count, state.job_no = total, step
+        state.sampling_steps, state.sampling_step = 0, 0
+        state.textinfo = f"{self.job}: step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else "")
+        if preview is not None:
+            from PIL import Image
+
+            state.assign_current_image(Image.fromarray((preview.clamp(0, 1) * 255).round().byte().cpu().numpy()))
+
+    def check_cancel(self) -> None:
+        from modules import shared
+
+        if shared.state.interrupted:
+            raise TrainingCancelled("Interrupted: the progress is saved; run again with the same settings and "
+                                    "saved_progress 'resume' to continue.")
+
+    def log(self, message: str) -> None:
+        from modules import shared
+
+        print(f"[Anybody] {message}", flush=True)
+        shared.state.textinfo = message
+
+
+def _token_table(module: torch.nn.Module) -> torch.Tensor:
+    """The raw token table under the webui's ``EmbeddingsWithFixes`` wrapper."""
+    from modules import sd_hijack
+
+    for m in module.modules():
+        if isinstance(m, sd_hijack.EmbeddingsWithFixes):
+            return m.wrapped.weight
+    raise WrongModelFamilyError("The webui's text encoder is not hijacked (no EmbeddingsWithFixes found); Anybody "
+                                "needs AUTOMATIC1111's own text-encoder path. Is this Forge or a modified webui?")
+
+
+def _fixes_for(rows: PromptRows) -> tuple[list[int], list[tuple[int, object]]]:
+    """Token ids (a placeholder id where vectors go) and the ``(offset, embedding)`` fixes that splice each run of
+    injected rows in, as the webui's prompt parser hands them to ``EmbeddingsWithFixes`` (rows after ``offset``)."""
+    ids = [0 if isinstance(r, torch.Tensor) else int(r) for r in rows]
+    fixes, i = [], 0
+    while i < len(rows):
+        if not isinstance(rows[i], torch.Tensor):
+            i += 1
+            continue
+        end = i
+        while end < len(rows) and isinstance(rows[end], torch.Tensor):
+            end += 1
+        fixes.append((i - 1, SimpleNamespace(vec=torch.stack(rows[i:end]), name="anybody-rows")))
+        i = end
+    return ids, fixes
+
+
+class A1111TextEncoder(TextEncoder):
+    """One hijacked encoder (``FrozenCLIPEmbedderWithCustomWordsBase`` subclass) of the loaded model."""
+
+    def __init__(self, key: str, wrapper) -> None:
+        self.key, self.wrapper = key, wrapper
+        self.bos, self.eos, self.pad = wrapper.id_start, wrapper.id_end, wrapper.id_pad
+        self.width = int(_token_table(wrapper.wrapped).shape[-1])
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.wrapper.tokenize([text])[0])
+
+    def token_rows(self, ids: Sequence[int]) -> torch.Tensor:
+        table = _token_table(self.wrapper.wrapped)
+        with torch.no_grad():
+            return table[torch.as_tensor(list(ids), device=table.device)].float().cpu().clone()
+
+    def encode_rows(self, batch: Sequence[PromptRows]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One 77-token chunk through the webui's ``process_tokens`` (clip skip, SD2 padding, the encoder's own
+        layer choice), with the injected rows spliced in by the hijack's fixes."""
+        laid_out = [_fixes_for(rows) for rows in batch]
+        self.wrapper.hijack.fixes = [fixes for _, fixes in laid_out]
+        z = self.wrapper.process_tokens([ids for ids, _ in laid_out], [[1.0] * len(ids) for ids, _ in laid_out])
+        pooled = getattr(z, "pooled", None)
+        return z.float(), (pooled.float() if pooled is not None else None)
+
+
+def _encoders(sd_model) -> dict[str, A1111TextEncoder]:
+    if getattr(sd_model, "is_sdxl", False):
+        embedders = [e for e in sd_model.conditioner.embedders if hasattr(e, "process_tokens")]
+        if len(embedders) != 2:
+            raise WrongModelFamilyError("This SDXL model does not have the two text encoders of SDXL base "
+                                        "(a refiner has one); Anybody needs an SDXL base checkpoint.")
+        return {"clip_l": A1111TextEncoder("clip_l", embedders[0]), "clip_g": A1111TextEncoder("clip_g", embedders[1])}
+    key = "clip_h" if getattr(sd_model, "is_sd2", False) else "clip_l"
+    return {key: A1111TextEncoder(key, sd_model.cond_stage_model)}
+
+
+def model_family(sd_model) -> str:
+    for attr, family in (("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1")):
+        if getattr(sd_model, attr, False):
+            return family
+    raise WrongModelFamilyError("The checkpoint loaded in the webui is not SD1.x, SD2.x or SDXL (SD3 and others are "
+                                "not supported); select an SD1.5, SD2.x or SDXL checkpoint at the top of the page.")
+
+
+def device_of_webui() -> torch.device:
+    from modules import devices
+
+    return torch.device(devices.device)
+
+
+def register_vectors(sd_model, word: str, vec) -> None:
+    """Make ``word`` in prompts stand for ``vec`` (a ``[n, D]`` tensor, or ``{"clip_l", "clip_g"}`` for SDXL), as
+    an embedding file of that name would; the tensors are used as given (gradients reach them)."""
+    from modules import sd_hijack
+    from modules.textual_inversion.textual_inversion import Embedding
+
+    emb = Embedding(vec, word)
+    parts = [vec] if torch.is_tensor(vec) else list(vec.values())
+    emb.vectors, emb.shape = int(parts[0].shape[0]), sum(int(v.shape[-1]) for v in parts)  # as the webui's loader
+    sd_hijack.model_hijack.embedding_db.register_embedding(emb, sd_model)
+
+
+@contextlib.contextmanager
+def temporary_embeddings(sd_model, words: dict[str, object]) -> Iterator[None]:
+    """:func:`register_vectors` for each ``word -> vectors`` for the duration; what those names held before (an
+    embedding file of the same name, say) is put back afterwards."""
+    from modules import sd_hijack
+
+    db = sd_hijack.model_hijack.embedding_db
+    previous = {w: db.word_embeddings.get(w) for w in words}
+    try:
+        for word, vec in words.items():
+            register_vectors(sd_model, word, vec)
+        yield
+    finally:
+        for word, old in previous.items():
+            db.register_embedding_by_name(old, sd_model, word)
+
+
+class A1111Host(Host):
+    """The model currently loaded in the webui (``shared.sd_model``); make a new host after a checkpoint switch."""
+
+    def __init__(self, sink: ProgressSink | None = None) -> None:
+        from modules import devices, shared
+
+        if is_forge():
+            raise WrongModelFamilyError(FORGE_MESSAGE)
+        self.sd_model = sd_model = shared.sd_model
+        if sd_model is None:
+            raise AnybodyError("No checkpoint is loaded in the webui; select one at the top of the page.")
+        self.family = model_family(sd_model)
+        self.prediction = "v" if getattr(sd_model, "parameterization", "eps") == "v" else "eps"
+        self.encoders = _encoders(sd_model)
+        self.device = torch.device(devices.device)
+        self.compute_dtype = torch.float32 if self.device.type == "cpu" else devices.dtype_unet
+        self.sink = sink or A1111Sink()
+        schedule = getattr(sd_model, "alphas_cumprod_original", None)  # the webui's sampling overrides replace the other
+        self._alphas = (schedule if schedule is not None else sd_model.alphas_cumprod).detach().double().cpu()
+
+    @property
+    def alphas_cumprod(self) -> torch.Tensor:
+        return self._alphas
+
+    # --- text -------------------------------------------------------------------------------------------
+    def encode_prompts(self, prompts: Sequence[str], injections: Injections | None = None) -> Cond:
+        """The webui's ``get_learned_conditioning`` with each placeholder word registered as a temporary embedding
+        whose vectors are the injected tensors (gradients reach them through the hijack's splice)."""
+        words = {}
+        for word, per_encoder in (injections or {}).items():
+            if set(per_encoder) != set(FAMILY_ENCODERS[self.family]):
+                raise WrongModelFamilyError(f"Vectors for {word!r} are for encoders {sorted(per_encoder)}, the webui's "
+                                            f"model has {sorted(FAMILY_ENCODERS[self.family])}.")
+            words[word] = dict(per_encoder) if self.family == "sdxl" else next(iter(per_encoder.values()))
+        with temporary_embeddings(self.sd_model, words):
+            out = self.sd_model.get_learned_conditioning(list(prompts))
+        if isinstance(out, dict):  # SDXL: cross-attention context and the ADM vector (pooled + size embeddings)
+            return Cond(out["crossattn"].float(), out["vector"].float())
+        return Cond(out.float())
+
+    def fingerprint_extras(self) -> str:
+        """Settings beyond the weights that change the trained vectors: clip skip, emphasis, merged LoRAs."""
+        import sys
+
+        from modules import shared
+
+        networks = sys.modules.get("networks")
+        loaded = [getattr(n, "name", "?") for n in getattr(networks, "loaded_networks", [])] if networks else []
+        return (f"prediction={self.prediction};clip_skip={shared.opts.CLIP_stop_at_last_layers};"
+                f"emphasis={getattr(shared.opts, 'emphasis', '')};loras={loaded}")
+
+    def unet_probe_tensors(self) -> list[torch.Tensor]:
+        unet = self.sd_model.model.diffusion_model
+        return [unet.input_blocks[0][0].weight, unet.out[-1].weight]
+
+    # --- latents ----------------------------------------------------------------------------------------
+    def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent mean/std through the webui's VAE, two photos at a time, honouring Interrupt."""
+        from modules import devices
+
+        means, stds = [], []
+        vae = self.sd_model.first_stage_model
+        for start in range(0, len(images), 2):
+            self.sink.check_cancel()
+            x = images[start:start + 2, ..., :3].permute(0, 3, 1, 2).to(devices.device, devices.dtype_vae) * 2 - 1
+            with torch.no_grad(), devices.autocast():
+                dist = _sgm_posterior(vae, x) if self.family == "sdxl" else self.sd_model.encode_first_stage(x)
+            scale = float(self.sd_model.scale_factor)
+            means.append(dist.mean.float() * scale)
+            stds.append(dist.std.float() * scale)
+        return torch.cat(means), torch.cat(stds)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        from modules import devices
+
+        with torch.no_grad(), devices.autocast():
+            x = self.sd_model.decode_first_stage(latents.to(devices.device, devices.dtype_vae))
+        return ((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu()
+
+    def preview_image(self, latents: torch.Tensor) -> torch.Tensor:
+        """The webui's "Approx cheap" preview: a fixed linear map, no VAE pass while the UNet trains."""
+        from modules import sd_vae_approx
+
+        with torch.no_grad():
+            rgb = torch.stack([sd_vae_approx.cheap_approximation(z.float()) for z in latents.detach()])
+            rgb = torch.nn.functional.interpolate(rgb.float().cpu(), scale_factor=8, mode="bilinear")
+        return ((rgb + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+
+    # --- denoiser ---------------------------------------------------------------------------------------
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
+        from modules import devices
+
+        x = x_t.to(devices.device)
+        if self.family == "sdxl":
+            c = {"crossattn": cond.context.to(devices.device), "vector": cond.pooled.to(devices.device)}
+        else:
+            c = cond.context.to(devices.device)
+        return self.sd_model.apply_model(x, t.to(devices.device), c).float()
+
+    def autocast(self):
+        from modules import devices
+
+        return devices.autocast()
+
+    # --- runtime ----------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def training(self, batch_pixels: int = 0, checkpointing: bool = False) -> Iterator[None]:
+        """Frozen weights that fill no gradients, the webui's attention setting for training, VAE off the GPU
+        when the user's option says so; everything put back afterwards."""
+        from modules import devices, sd_hijack, shared
+
+        if getattr(self.sd_model, "lowvram", False):
+            raise AnybodyError("Training needs the whole model on the GPU, and the webui was started with --medvram "
+                               "or --lowvram, which moves parts of it away while they are in use. Restart the webui "
+                               "without that flag to train (gradient_checkpointing and a smaller batch with more "
+                               "grad_accum keep memory low); generating with identities works with either flag.")
+        modules = [self.sd_model.model, *(e.wrapper for e in self.encoders.values())]
+        trainable = [p for m in modules for p in m.parameters() if p.requires_grad]
+        keep_optimizations = bool(getattr(shared.opts, "training_xattention_optimizations", False))
+        vae = self.sd_model.first_stage_model
+        vae_off = bool(getattr(shared.opts, "unload_models_when_training", False)) and self.device.type != "cpu"
+        for p in trainable:
+            p.requires_grad_(False)
+        if not keep_optimizations:
+            sd_hijack.undo_optimizations()
+        if vae_off:
+            vae.to(devices.cpu)
+        try:
+            with super().training(batch_pixels, checkpointing):
+                yield
+        finally:
+            if vae_off:
+                vae.to(devices.device)
+            if not keep_optimizations:
+                sd_hijack.apply_optimizations()
+            for p in trainable:
+                p.requires_grad_(True)
+            devices.torch_gc()
+
+    @contextlib.contextmanager
+    def checkpointing(self, enabled: bool) -> Iterator[None]:
+        """The webui's own gradient checkpointing of the ldm blocks (what its embedding trainer uses)."""
+        if not enabled:
+            yield
+            return
+        from modules import sd_hijack_checkpoint
+
+        sd_hijack_checkpoint.add()
+        try:
+            yield
+        finally:
+            sd_hijack_checkpoint.remove()
+
+    def embeddings_dir(self) -> Path:
+        return embeddings_dir()
+
+    def state_dir(self) -> Path:
+        from modules import paths
+
+        return Path(paths.data_path) / "outputs" / "anybody_training"
+
+
+def _sgm_posterior(vae, x: torch.Tensor):
+    """SDXL's (sgm) ``encode`` samples and scales in one call; the posterior's mean and std come from the encoder
+    and quant conv it runs first."""
+    moments = vae.encoder(x)
+    if getattr(vae, "quant_conv", None) is not None:
+        moments = vae.quant_conv(moments)
+    mean, logvar = moments.float().chunk(2, dim=1)
+    return SimpleNamespace(mean=mean, std=torch.exp(0.5 * logvar.clamp(-30.0, 20.0)))
+
+
+def embeddings_dir() -> Path:
+    """``--embeddings-dir`` (default ``<data path>/embeddings``): where the webui loads embeddings from."""
+    from modules import shared
+
+    return Path(shared.cmd_opts.embeddings_dir)
+
+
+def face_model_roots() -> list[str]:
+    """``models/insightface`` of the webui (the InstantID/ReActor layout) and insightface's own ``~/.insightface``."""
+    from modules import paths
+
+    return [os.path.join(paths.models_path, "insightface"), os.path.join(os.path.expanduser("~"), ".insightface")]
+
+
+def refresh_embeddings() -> None:
+    """Reload the embeddings folder so a new file works as ``<name>`` in the next generation at once."""
+    from modules import sd_hijack
+
+    sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)

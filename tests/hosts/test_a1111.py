@@ -1,0 +1,204 @@
+"""The extension inside a real AUTOMATIC1111 webui (set ANYBODY_A1111_DIR to a v1.10.x webui with its venv).
+
+One webui server for the module (``a1111_harness``), a random-weight full-size SD1.5 checkpoint, CPU flags. A
+small probe extension written by the test compares the adapter's conditioning with the webui's own in-process.
+"""
+import base64
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+A1111 = os.environ.get("ANYBODY_A1111_DIR")
+pytestmark = pytest.mark.skipif(not A1111, reason="ANYBODY_A1111_DIR is not set: no real webui to run the extension in")
+
+PROBE = '''
+import torch
+from modules import call_queue, script_callbacks, shared
+
+
+def _register(demo, app):
+    @app.post("/anybody-probe/conditioning")
+    def conditioning():
+        from anybody.host.a1111 import A1111Host, refresh_embeddings
+        from anybody.text.embedding_file import save_embedding
+
+        with call_queue.queue_lock:
+            host = A1111Host()
+            vec = torch.randn(2, 768, generator=torch.Generator().manual_seed(0)) * 0.3
+            prompt = "a photo of {} person, (smiling:1.3), BREAK in a garden"
+            ours = host.encode_prompts([prompt.format("<probeword>")], {"<probeword>": {"clip_l": vec}}).context
+            save_embedding(host.embeddings_dir() / "probeword.safetensors", {"clip_l": vec}, "sd1", overwrite=True)
+            refresh_embeddings()
+            with torch.no_grad():
+                theirs = shared.sd_model.get_learned_conditioning([prompt.format("probeword")])
+                plain = shared.sd_model.get_learned_conditioning(["a photo of probeword person"])
+                encoder = host.encoders["clip_l"]
+                rows_out, _ = encoder.encode_rows([encoder.rows("a photo of <probeword> person", {"<probeword>": vec})])
+            trained = vec.clone().requires_grad_(True)
+            with torch.enable_grad():
+                host.encode_prompts(["a photo of <probeword> person"], {"<probeword>": {"clip_l": trained}}).context.square().sum().backward()
+            return {"nan": [bool(t.isnan().any()) for t in (ours, theirs, rows_out, plain)], "shape": list(ours.shape), "prompt_diff": (ours - theirs.float()).abs().max().nan_to_num(-1).item(),
+                    "rows_diff": (rows_out - plain[:, :77].float()).abs().max().nan_to_num(-1).item(),
+                    "scale": theirs.abs().max().nan_to_num(-1).item(), "grad_norm": trained.grad.norm().nan_to_num(-1).item(),
+                    "still_registered": "<probeword>" in __import__("modules.sd_hijack").sd_hijack.model_hijack.embedding_db.word_embeddings}
+
+
+script_callbacks.on_app_started(_register)
+'''
+
+
+def _photo(seed: int, size: int = 96) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (6, 6, 3)).astype(np.uint8)
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(base).resize((size, size), Image.BICUBIC))
+
+
+@pytest.fixture(scope="module")
+def webui(tmp_path_factory):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from a1111_harness import Webui, checkpoint
+
+    cache = Path(os.environ.get("ANYBODY_TEST_CACHE", tmp_path_factory.mktemp("ckpt")))
+    server = Webui(Path(A1111), tmp_path_factory.mktemp("webui-data"), checkpoint(cache),
+                   extra_extensions={"anybody_probe": PROBE})
+    try:
+        server.wait()
+        yield server
+    finally:
+        server.stop()
+
+
+def photos():
+    from a1111_harness import png_b64
+
+    return [png_b64(_photo(1)), png_b64(_photo(2))]
+
+
+TRAIN = {"preset": "custom", "steps": 2, "resolution": 64, "batch": 1, "save_every": 0, "preview_every": 1}
+
+
+def txt2img(webui, prompt, scripts=None, steps=2):
+    body = {"prompt": prompt, "steps": steps, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 7,
+            "cfg_scale": 5}
+    if scripts is not None:
+        body["alwayson_scripts"] = scripts
+    out = webui.post("/sdapi/v1/txt2img", body)
+    return out["images"][0], json.loads(out["info"])
+
+
+def _vectors(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["emb_params"]
+
+
+def test_info_names_family_and_capabilities(webui):
+    info = webui.get("/anybody/v1/info")
+    assert info["host"] == "a1111" and info["model"]["family"] == "sd1" and info["model"]["problem"] is None
+    assert info["capabilities"]["cross_init"] and info["capabilities"]["inject"]
+    assert info["embeddings_dir"].startswith(str(webui.data))
+
+
+def test_adapter_conditioning_equals_the_webuis(webui):
+    out = webui.post("/anybody-probe/conditioning", {})
+    assert not any(out["nan"]), out
+    assert out["shape"] == [1, 154, 768]  # BREAK: two chunks, as the webui makes them
+    assert out["prompt_diff"] < 1e-5 * max(1.0, out["scale"]), out
+    assert out["rows_diff"] < 1e-4, out  # one chunk through process_tokens == the webui's plain prompt
+    assert out["grad_norm"] > 0 and not out["still_registered"]
+
+
+def test_training_route_writes_an_embedding_the_webui_uses(webui):
+    before, _ = txt2img(webui, "photo of annie person")
+    result = webui.post("/anybody/v1/train/cross-init", {"images": photos(), "name": "annie", **TRAIN})
+    assert Path(result["path"]) == webui.data / "embeddings" / "annie.safetensors" and not result["reused"]
+    assert result["vectors"] == 2 and result["family"] == "sd1"
+    assert "annie" in webui.get("/sdapi/v1/embeddings")["loaded"]
+    after, _ = txt2img(webui, "photo of annie person")
+    assert after != before
+    again = webui.post("/anybody/v1/train/cross-init", {"images": photos(), "name": "annie", **TRAIN})
+    assert again["reused"]  # same photos, settings and checkpoint: loaded, not retrained
+
+
+def test_script_changes_the_image_only_when_an_identity_is_bound(webui):
+    if not (webui.data / "embeddings" / "annie.safetensors").exists():
+        webui.post("/anybody/v1/train/cross-init", {"images": photos(), "name": "annie", **TRAIN})
+    plain, _ = txt2img(webui, "photo of ohwx person")
+    off, _ = txt2img(webui, "photo of ohwx person", {"anybody identity": {"args": [False, "annie.safetensors", "ohwx"]}})
+    on, info = txt2img(webui, "photo of ohwx person", {"anybody identity": {"args": [True, "annie.safetensors", "ohwx"]}})
+    assert off == plain and on != plain
+    assert "Anybody: ohwx=annie.safetensors@" in info["infotexts"][0]
+    again, _ = txt2img(webui, "photo of ohwx person")
+    assert again == plain  # unbound after the generation
+
+
+def test_interrupt_then_resume_equals_an_uninterrupted_run(webui):
+    settings = {**TRAIN, "steps": 4, "seed": 3}
+    whole = webui.post("/anybody/v1/train/cross-init", {"images": photos(), "name": "whole", **settings})
+
+    def interrupt_after_first_step():
+        for _ in range(600):
+            state = webui.get("/sdapi/v1/progress?skip_current_image=true")["state"]
+            if state.get("job_no", 0) >= 1 and state.get("job_count", 0) == 4:
+                webui.post("/sdapi/v1/interrupt", {})
+                return
+            time.sleep(0.2)
+
+    stopper = threading.Thread(target=interrupt_after_first_step)
+    stopper.start()
+    status, body = webui.request("POST", "/anybody/v1/train/cross-init", {"images": photos(), "name": "split", **settings})
+    stopper.join()
+    assert status == 409 and body["error"] == "interrupted", body
+    assert not (webui.data / "embeddings" / "split.safetensors").exists()
+    resumed = webui.post("/anybody/v1/train/cross-init", {"images": photos(), "name": "split", **settings,
+                                                          "saved_progress": "resume"})
+    assert np.allclose(_vectors(resumed["path"]).numpy(), _vectors(whole["path"]).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"images": []}, "non-empty list"),
+    ({"images": [base64.b64encode(b"not an image at all").decode()]}, "images[0] is not an image"),
+    ({"name": "../escape"}, "name"),
+    ({"stepz": 3}, "Unknown field"),
+    ({"batch": "eight"}, "'batch' must be int"),
+])
+def test_bad_requests_are_clear_400s(webui, body, words):
+    status, answer = webui.request("POST", "/anybody/v1/train/cross-init", {"images": photos(), **TRAIN, **body})
+    assert status == 400 and words in answer["detail"], answer
+
+
+def test_sdxl_identity_on_sd15_is_refused_in_the_job_comment(webui):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"clip_l": torch.zeros(2, 768) + 0.1, "clip_g": torch.zeros(2, 1280) + 0.1},
+              str(webui.data / "embeddings" / "xl_face.safetensors"))
+    plain, _ = txt2img(webui, "photo of ohwx person")
+    image, info = txt2img(webui, "photo of ohwx person",
+                          {"anybody identity": {"args": [True, "xl_face.safetensors", "ohwx"]}})
+    assert image == plain
+    assert "made for SDXL" in json.dumps(info), info
+
+
+def test_training_while_a_generation_runs_is_refused(webui):
+    done = {}
+    runner = threading.Thread(target=lambda: done.setdefault("r", webui.request("POST", "/sdapi/v1/txt2img", {
+        "prompt": "a long one", "steps": 40, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 1})))
+    runner.start()
+    for _ in range(300):
+        if webui.get("/sdapi/v1/progress?skip_current_image=true")["state"].get("job_count", 0) > 0:
+            break
+        time.sleep(0.1)
+    status, answer = webui.request("POST", "/anybody/v1/train/cross-init", {"images": photos(), "name": "busy", **TRAIN})
+    webui.post("/sdapi/v1/interrupt", {})
+    runner.join()
+    assert status == 409 and answer["error"] == "busy" and "busy" in answer["detail"], answer
