@@ -16,7 +16,7 @@ from ..errors import AnybodyError, BadInputError
 from ..host import a1111 as webui
 from ..identity import Identity
 
-TITLE = "Anybody identity"
+TITLE = "Anybody identity"  # alwayson_scripts key: its lower case
 INFOTEXT_KEY = "Anybody"
 _WORD = re.compile(r"^[A-Za-z0-9_.<>\-]{1,64}$")
 EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin")
@@ -105,6 +105,7 @@ def make_script_class():
                 message = f"Anybody identity not applied: {exc}"
                 print(f"[Anybody] {message}", flush=True)
                 p.comment(message)
+                p.extra_generation_params[f"{INFOTEXT_KEY} error"] = str(exc)  # the API's infotexts show it too
                 return
             vecs = {k: v.to(webui.device_of_webui()) for k, v in identity.vectors.items()}
             vec = vecs if identity.family == "sdxl" else next(iter(vecs.values()))

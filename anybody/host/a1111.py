@@ -366,7 +366,16 @@ def face_model_roots() -> list[str]:
 
 
 def refresh_embeddings() -> None:
-    """Reload the embeddings folder so a new file works as ``<name>`` in the next generation at once."""
-    from modules import sd_hijack
+    """Reload the embeddings folder so a new file works as ``<name>`` in the next generation at once.
+
+    The webui caches conditioning by prompt text (not by the embeddings it used) across jobs, so a prompt that
+    named the word before the file existed would keep its old conditioning: those caches are dropped too.
+    """
+    from modules import processing, sd_hijack
 
     sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)
+    processing.StableDiffusionProcessing.cached_c = [None, None]
+    processing.StableDiffusionProcessing.cached_uc = [None, None]
+    txt2img = processing.StableDiffusionProcessingTxt2Img
+    if hasattr(txt2img, "cached_hr_c"):
+        txt2img.cached_hr_c, txt2img.cached_hr_uc = [None, None], [None, None]

@@ -4,6 +4,7 @@ One webui server for the module (``a1111_harness``), a random-weight full-size S
 small probe extension written by the test compares the adapter's conditioning with the webui's own in-process.
 """
 import base64
+import io
 import json
 import os
 import threading
@@ -92,7 +93,17 @@ def txt2img(webui, prompt, scripts=None, steps=2):
     if scripts is not None:
         body["alwayson_scripts"] = scripts
     out = webui.post("/sdapi/v1/txt2img", body)
-    return out["images"][0], json.loads(out["info"])
+    return _pixels(out["images"][0]), json.loads(out["info"])
+
+
+class _pixels(bytes):
+    """The decoded pixels of a base64 PNG (its text chunks hold the infotext, which differs by design)."""
+
+    def __new__(cls, b64):
+        from PIL import Image
+
+        with Image.open(io.BytesIO(base64.b64decode(b64))) as im:
+            return super().__new__(cls, np.asarray(im.convert("RGB")).tobytes())
 
 
 def _vectors(path):
@@ -180,6 +191,7 @@ def test_sdxl_identity_on_sd15_is_refused_in_the_job_comment(webui):
     import torch
     from safetensors.torch import save_file
 
+    (webui.data / "embeddings").mkdir(exist_ok=True)
     save_file({"clip_l": torch.zeros(2, 768) + 0.1, "clip_g": torch.zeros(2, 1280) + 0.1},
               str(webui.data / "embeddings" / "xl_face.safetensors"))
     plain, _ = txt2img(webui, "photo of ohwx person")
