@@ -21,7 +21,11 @@ import tempfile
 CORE = ["safetensors>=0.4", "numpy", "pillow", "scikit-image"]
 CLI = ["diffusers>=0.30", "transformers>=4.40"]
 DEV = ["pytest>=7", "onnx"]
-HOST_OWNED = ("torch", "torchvision", "torchaudio", "gradio", "fastapi", "pydantic", "transformers", "numpy", "pillow")
+HOST_OWNED = ("torch", "torchvision", "torchaudio", "gradio", "fastapi", "pydantic", "transformers", "numpy", "pillow",
+              "safetensors", "setuptools")
+#: host-pinned packages that may move within their major version: A1111 pins protobuf 3.20.0, and insightface's onnx
+#: needs 3.20.2 or later (the same fix the webui's face-swap extensions make)
+HOST_OWNED_MAJOR = ("protobuf",)
 ONNX_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
 CV2_PACKAGES = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
 
@@ -74,9 +78,16 @@ def missing(requirements: list[str]) -> list[str]:
     return [r for r in requirements if installed(requirement_name(r)) is None]
 
 
+def host_pins() -> list[str]:
+    """Constraints that keep what the host installed where it is (pip would otherwise upgrade it for a dependency)."""
+    pins = [f"{name}=={installed(name)}" for name in HOST_OWNED if installed(name)]
+    return pins + [f"{name}>={installed(name)},<{int(installed(name).split('.')[0]) + 1}" for name in HOST_OWNED_MAJOR
+                   if installed(name)]
+
+
 def pip_install(packages: list[str], no_deps: bool = False) -> None:
     """Install with the host's own pip; a constraints file pins what the host owns so pip cannot move it."""
-    pins = [f"{name}=={installed(name)}" for name in HOST_OWNED if installed(name)]
+    pins = host_pins()
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("\n".join(pins) + "\n")
     try:
@@ -88,13 +99,13 @@ def pip_install(packages: list[str], no_deps: bool = False) -> None:
         os.unlink(f.name)
 
 
-def plan(with_cli: bool, with_dev: bool, onnx: bool, cuda: bool) -> list[str]:
+def plan(with_cli: bool, with_dev: bool, onnx: bool, cuda) -> list[str]:
+    """What to install. ``cuda``: a bool, or a function asked only when an onnxruntime must be chosen (importing
+    torch to find out costs a second, on every A1111 launch)."""
     wanted = CORE + (CLI if with_cli or with_dev else []) + (DEV if with_dev else [])
     todo = missing(wanted)
-    if onnx:
-        choice = onnxruntime_choice(cuda)
-        if choice:
-            todo.append(choice)
+    if onnx and not any(installed(p) for p in ONNX_PACKAGES):
+        todo.append(onnxruntime_choice(cuda() if callable(cuda) else cuda))
     cv2 = opencv_choice()
     if cv2:
         todo.append(cv2)
@@ -106,7 +117,7 @@ def main(argv: list[str]) -> int:
         print("[Anybody] PyTorch is not installed. Install the build for your machine first "
               "(https://pytorch.org/get-started/locally/), e.g. `pip install torch`, then run this again.")
         return 1
-    todo = plan("--cli" in argv, "--dev" in argv, onnx="--no-onnx" not in argv, cuda=cuda_available())
+    todo = plan("--cli" in argv, "--dev" in argv, onnx="--no-onnx" not in argv, cuda=cuda_available)
     if todo:
         pip_install(todo)
     if installed("insightface") is None:

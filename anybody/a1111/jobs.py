@@ -69,8 +69,9 @@ def face_packs() -> list[str]:
 
 
 def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: CrossInitConfig,
-               sink=None) -> dict[str, Any]:
-    """Train on the loaded model, write ``<embeddings dir>/<name>.safetensors`` and make the webui load it."""
+               sink=None, file_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train on the loaded model, write ``<embeddings dir>/<name>.safetensors`` and make the webui load it.
+    ``file_names`` (the tab's uploads) name the photos in warnings."""
     from ..face.training_photos import describe_missing, face_crops, photos_without_faces
 
     host = webui.A1111Host(sink)
@@ -79,7 +80,7 @@ def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: C
         models = face_models(fields["face_model"])
         missing = photos_without_faces(models, photos)
         if missing:
-            warnings.append(describe_missing(missing))
+            warnings.append(describe_missing(missing, file_names))
             host.sink.log(warnings[-1])
         if fields["crop_to_face"]:
             photos = face_crops(models, photos, fields["resolution"] or default_resolution(host))

@@ -51,7 +51,10 @@ def train_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
         for key in ("steps", "batch", "grad_accum", "resolution", "seed", "save_every", "preview_every"):
             body[key] = int(body[key])
         checked, config = fields.cross_init_request(body)
-        result = jobs.cross_init(_photos(files, "photos"), checked, config)
+        from pathlib import Path
+
+        result = jobs.cross_init(_photos(files, "photos"), checked, config,
+                                 file_names=[Path(getattr(f, "name", f)).name for f in files])
         text = (f"{'Loaded (already trained with these photos and settings)' if result['reused'] else 'Trained'} "
                 f"'{result['name']}': {result['vectors']} vectors, {result['family']}, saved to {result['path']}.\n"
                 f"Write {result['prompt_word']} in a txt2img prompt.")

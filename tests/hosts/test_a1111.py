@@ -214,3 +214,73 @@ def test_training_while_a_generation_runs_is_refused(webui):
     webui.post("/sdapi/v1/interrupt", {})
     runner.join()
     assert status == 409 and answer["error"] == "busy" and "busy" in answer["detail"], answer
+
+
+def _painted_photo():
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from face_onnx import paint_face
+
+    photo = np.full((480, 640, 3), 120, np.uint8)
+    paint_face(photo, 320, 240, blue=128)
+    return photo
+
+
+def test_face_routes_use_the_webuis_insightface_folder(webui):
+    pytest.importorskip("onnx")
+    from a1111_harness import png_b64
+
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from face_onnx import build_pack
+
+    status, answer = webui.request("POST", "/anybody/v1/align", {"images": [png_b64(_painted_photo())]})
+    folder = webui.data / "models" / "insightface" / "models" / "antelopev2"
+    assert status == 400 and str(folder) in answer["detail"] and "scrfd_10g_bnkps.onnx" in answer["detail"], answer
+    build_pack(webui.data / "models" / "insightface", "testpack")
+    assert "testpack" in webui.get("/anybody/v1/info")["model_files"]["insightface_packs"]
+    photo = png_b64(_painted_photo())
+    aligned = webui.post("/anybody/v1/align", {"images": [photo], "face_model": "testpack", "template": "ffhq256"})
+    assert aligned["found"] == 1 and len(aligned["crops"]) == 1 and aligned["faces"][0]["found"]
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(base64.b64decode(aligned["crops"][0]))).size == (256, 256)
+    score = webui.post("/anybody/v1/identity-score", {"images": [photo], "reference": [photo], "face_model": "testpack"})
+    assert abs(score["mean"] - 1.0) < 1e-3 and score["plot"]
+    blank = png_b64(np.full((96, 96, 3), 90, np.uint8))
+    trained = webui.post("/anybody/v1/train/cross-init", {"images": [photo, blank], "name": "faced", **TRAIN,
+                                                          "face_model": "testpack"})
+    assert trained["warnings"] and trained["warnings"][0].startswith("No face found in photo 2:"), trained
+
+
+def test_tab_builds_in_the_page_with_its_controls(tmp_path_factory):
+    """The webui with its UI (not --nowebui): the page's gradio config has the tab and its controls."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from a1111_harness import Webui, checkpoint
+
+    cache = Path(os.environ.get("ANYBODY_TEST_CACHE", tmp_path_factory.mktemp("ckpt")))
+    server = Webui(Path(A1111), tmp_path_factory.mktemp("webui-ui"), checkpoint(cache), ui=True)
+    try:
+        server.wait()
+        config = server.get("/config")
+        ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+        labels = {c.get("props", {}).get("label") for c in config["components"]}
+        assert {"anybody_train", "anybody_name", "anybody_train_photos", "anybody_align", "anybody_score",
+                "anybody_saved_progress", "anybody_train_gallery"} <= ids
+        assert {"Anybody identity", "Identity (embedding file)", "Word in the prompt"} <= labels  # the script, twice
+        assert not [line for line in server.tail(2000).splitlines() if "error" in line.lower() and "anybody" in line.lower()]
+        page = urllib_get(server.url + "/")
+        assert "javascript/anybody.js" in page or "anybody.js" in page
+    finally:
+        server.stop()
+
+
+def urllib_get(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=120) as resp:
+        return resp.read().decode("utf-8", "replace")
