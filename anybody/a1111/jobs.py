@@ -74,6 +74,7 @@ def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: C
     ``file_names`` (the tab's uploads) name the photos in warnings."""
     from ..face.training_photos import describe_missing, face_crops, photos_without_faces
 
+    sink = sink or webui.A1111Sink("Cross-Init")
     host = webui.A1111Host(sink)
     photos, warnings = list(images), []
     if fields["face_model"]:
@@ -95,7 +96,8 @@ def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: C
     stats = vector_stats(next(iter(identity.vectors.values())))
     return {"name": identity.name, "prompt_word": identity.name, "path": str(path), "reused": reused,
             "family": identity.family, "vectors": identity.num_vectors, "steps": config.steps,
-            "norm_min": round(stats["norm_min"], 4), "norm_max": round(stats["norm_max"], 4), "warnings": warnings}
+            "norm_min": round(stats["norm_min"], 4), "norm_max": round(stats["norm_max"], 4), "warnings": warnings,
+            "seconds_per_step": None if reused else sink.seconds_per_step()}
 
 
 def align(images: Sequence[torch.Tensor], fields: dict[str, Any], progress=None) -> tuple[dict[str, Any], list]:

@@ -43,11 +43,19 @@ class A1111Sink(ProgressSink):
     shows_previews = True
 
     def __init__(self, job: str = "Anybody") -> None:
-        self.job = job
+        self.job, self.step_times = job, []
+
+    def seconds_per_step(self) -> float | None:
+        """Median time between progress reports (the first step, which loads and warms up, left out)."""
+        gaps = sorted(b - a for a, b in zip(self.step_times[1:], self.step_times[2:]))
+        return gaps[len(gaps) // 2] if gaps else None
 
     def progress(self, step, total, loss=None, preview=None) -> None:
+        import time
+
         from modules import shared
 
+        self.step_times.append(time.perf_counter())
         state = shared.state
         state.job_count, state.job_no = total, step
         state.sampling_steps, state.sampling_step = 0, 0

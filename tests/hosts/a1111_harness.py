@@ -78,10 +78,12 @@ class Webui:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the webui exited ({self.proc.returncode}); log:\n{self.tail()}")
             try:
-                self.get("/anybody/v1/info", timeout=600)
-                return
+                status, _ = self.request("GET", "/anybody/v1/info", timeout=600)
+                if status == 200:
+                    return
             except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(2)
+                pass
+            time.sleep(2)  # not up yet, or up before on_app_started added the extension's routes (404)
         raise RuntimeError(f"the webui did not answer in {timeout:.0f} s; log:\n{self.tail()}")
 
     def tail(self, n: int = 60) -> str:

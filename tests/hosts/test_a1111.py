@@ -49,6 +49,22 @@ def _register(demo, app):
                     "still_registered": "<probeword>" in __import__("modules.sd_hijack").sd_hijack.model_hijack.embedding_db.word_embeddings}
 
 
+    @app.post("/anybody-probe/tab-train")
+    def tab_train(body: dict):
+        """The tab's Train button handler, wrapped as the tab wraps it, with uploads as gradio hands them over."""
+        import types
+
+        from modules.call_queue import wrap_gradio_gpu_call
+
+        from anybody.a1111 import fields, tab
+
+        files = [types.SimpleNamespace(name=path) for path in body["files"]]
+        values = {**{k: v for k, v in fields.CROSS_INIT_FIELDS.items() if k != "images"}, "face_model": "none",
+                  **body["values"]}
+        handler = wrap_gradio_gpu_call(tab.train_from_tab, extra_outputs=[""])
+        return list(handler("task(probe)", files, *values.values()))
+
+
 script_callbacks.on_app_started(_register)
 '''
 
@@ -284,3 +300,23 @@ def urllib_get(url: str) -> str:
 
     with urllib.request.urlopen(url, timeout=120) as resp:
         return resp.read().decode("utf-8", "replace")
+
+
+def test_tab_train_button_trains_and_reports_in_the_tab(webui, tmp_path):
+    from PIL import Image
+
+    files = []
+    for i in (1, 2):
+        files.append(str(tmp_path / f"face{i}.png"))
+        Image.fromarray(_photo(i)).save(files[-1])
+    values = {"name": "tabbed", "preset": "custom", "steps": 2, "resolution": 64, "batch": 1, "save_every": 0}
+    text, html = webui.post("/anybody-probe/tab-train", {"files": files, "values": values})
+    html = __import__("html").unescape(html)
+    assert "Trained 'tabbed': 2 vectors" in html and "Write tabbed in a txt2img prompt" in html, html
+    assert "tabbed" in webui.get("/sdapi/v1/embeddings")["loaded"]
+    (tmp_path / "notes.txt").write_text("not a photo")
+    _, html = webui.post("/anybody-probe/tab-train", {"files": [str(tmp_path / "notes.txt")], "values": values})
+    html = __import__("html").unescape(html)
+    assert "class='error'" in html and "notes.txt is not a readable image" in html, html
+    _, html = webui.post("/anybody-probe/tab-train", {"files": files, "values": {**values, "name": "../up"}})
+    assert "class='error'" in html and "name" in html, html
