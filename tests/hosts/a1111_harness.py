@@ -50,7 +50,7 @@ class Webui:
     """A running webui server and a small JSON client for it."""
 
     def __init__(self, webui_dir: Path, data: Path, ckpt: Path, extra_extensions: dict[str, str] | None = None,
-                 ui: bool = False) -> None:
+                 ui: bool = False, flags: list[str] | None = None) -> None:
         self.data, self.port = data, free_port()
         (data / "extensions").mkdir(parents=True, exist_ok=True)
         link = data / "extensions" / "anybody"
@@ -64,7 +64,7 @@ class Webui:
             config.write_text(json.dumps({"live_previews_enable": False, "show_progress_every_n_steps": -1}))
         python = os.environ.get("ANYBODY_A1111_PYTHON") or str(webui_dir / "venv" / "bin" / "python")
         flags = [*CPU_FLAGS, "--api", "--server-name", "127.0.0.1", "--port", str(self.port), "--ckpt", str(ckpt),
-                 "--data-dir", str(data), *([] if ui else ["--nowebui"]),
+                 "--data-dir", str(data), *([] if ui else ["--nowebui"]), *(flags or []),
                  *shlex.split(os.environ.get("ANYBODY_A1111_ARGS", ""))]
         self.log_path = data / "webui.log"
         self.log = open(self.log_path, "w")

@@ -172,10 +172,14 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(webui):
     settings = {**TRAIN, "steps": 4, "seed": 3}
     whole = webui.post("/anybody/v1/train/cross-init", {"images": photos(), "name": "whole", **settings})
 
+    seen = {}
+
     def interrupt_after_first_step():
         for _ in range(600):
-            state = webui.get("/sdapi/v1/progress?skip_current_image=true")["state"]
+            progress = webui.get("/sdapi/v1/progress?skip_current_image=false")
+            state = progress["state"]
             if state.get("job_no", 0) >= 1 and state.get("job_count", 0) == 4:
+                seen.update(preview=progress["current_image"], text=progress["textinfo"], progress=progress["progress"])
                 webui.post("/sdapi/v1/interrupt", {})
                 return
             time.sleep(0.2)
@@ -185,6 +189,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(webui):
     status, body = webui.request("POST", "/anybody/v1/train/cross-init", {"images": photos(), "name": "split", **settings})
     stopper.join()
     assert status == 409 and body["error"] == "interrupted", body
+    assert seen["preview"] and seen["text"].startswith("Cross-Init: step") and 0 < seen["progress"] < 1, seen
     assert not (webui.data / "embeddings" / "split.safetensors").exists()
     resumed = webui.post("/anybody/v1/train/cross-init", {"images": photos(), "name": "split", **settings,
                                                           "saved_progress": "resume"})
@@ -320,3 +325,21 @@ def test_tab_train_button_trains_and_reports_in_the_tab(webui, tmp_path):
     assert "class='error'" in html and "notes.txt is not a readable image" in html, html
     _, html = webui.post("/anybody-probe/tab-train", {"files": files, "values": {**values, "name": "../up"}})
     assert "class='error'" in html and "name" in html, html
+
+
+def test_medvram_is_refused_with_the_remedy(tmp_path_factory):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from a1111_harness import Webui, checkpoint
+
+    cache = Path(os.environ.get("ANYBODY_TEST_CACHE", tmp_path_factory.mktemp("ckpt")))
+    server = Webui(Path(A1111), tmp_path_factory.mktemp("webui-medvram"), checkpoint(cache), flags=["--medvram"])
+    try:
+        server.wait()
+        status, answer = server.request("POST", "/anybody/v1/train/cross-init", {"images": photos(), "name": "m", **TRAIN})
+        assert status == 400 and "--medvram" in answer["detail"] and "Restart the webui without" in answer["detail"]
+        assert not (server.data / "outputs" / "anybody_training").exists() or not any(
+            (server.data / "outputs" / "anybody_training").iterdir())
+    finally:
+        server.stop()
