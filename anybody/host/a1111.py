@@ -310,6 +310,7 @@ class A1111Host(Host):
         vae_off = bool(getattr(shared.opts, "unload_models_when_training", False)) and self.device.type != "cpu"
         for p in trainable:
             p.requires_grad_(False)
+        layout_hooks = _contiguous_transformer_outputs(self.sd_model) if self.device.type == "cpu" else []
         if not keep_optimizations:
             sd_hijack.undo_optimizations()
         if vae_off:
@@ -324,6 +325,8 @@ class A1111Host(Host):
                 sd_hijack.apply_optimizations()
             for p in trainable:
                 p.requires_grad_(True)
+            for hook in layout_hooks:
+                hook.remove()
             devices.torch_gc()
 
     @contextlib.contextmanager
@@ -347,6 +350,21 @@ class A1111Host(Host):
         from modules import paths
 
         return Path(paths.data_path) / "outputs" / "anybody_training"
+
+
+def _contiguous_transformer_outputs(sd_model) -> list:
+    """The webui patches ldm's SpatialTransformer to skip its ``.contiguous()`` calls (faster on CUDA); on the CPU
+    the permuted output then makes every following convolution reorder its weights, in the backward pass too
+    (a third of a training step for SD1.5). Training on the CPU gets the contiguous output back, by hooks removed
+    afterwards; generation is untouched."""
+    classes = []
+    for module in ("ldm.modules.attention", "sgm.modules.attention"):
+        try:
+            classes.append(__import__(module, fromlist=["SpatialTransformer"]).SpatialTransformer)
+        except (ImportError, AttributeError):
+            continue
+    return [m.register_forward_hook(lambda mod, inputs, out: out.contiguous())
+            for m in sd_model.model.diffusion_model.modules() if isinstance(m, tuple(classes))]
 
 
 def _sgm_posterior(vae, x: torch.Tensor):
