@@ -221,11 +221,25 @@ class A1111Host(Host):
                 raise WrongModelFamilyError(f"Vectors for {word!r} are for encoders {sorted(per_encoder)}, the webui's "
                                             f"model has {sorted(FAMILY_ENCODERS[self.family])}.")
             words[word] = dict(per_encoder) if self.family == "sdxl" else next(iter(per_encoder.values()))
-        with temporary_embeddings(self.sd_model, words):
+        with temporary_embeddings(self.sd_model, words), self._differentiable_conditioner():
             out = self.sd_model.get_learned_conditioning(list(prompts))
         if isinstance(out, dict):  # SDXL: cross-attention context and the ADM vector (pooled + size embeddings)
             return Cond(out["crossattn"].float(), out["vector"].float())
         return Cond(out.float())
+
+    @contextlib.contextmanager
+    def _differentiable_conditioner(self) -> Iterator[None]:
+        """SDXL's conditioner runs embedders not marked trainable under ``no_grad`` (the webui's own trainer has
+        no SDXL support); while gradients are wanted, the hijacked embedders say they are trainable."""
+        wrappers = [e.wrapper for e in self.encoders.values()] if torch.is_grad_enabled() else []
+        before = [getattr(w, "is_trainable", False) for w in wrappers]
+        for w in wrappers:
+            w.is_trainable = True
+        try:
+            yield
+        finally:
+            for w, was in zip(wrappers, before):
+                w.is_trainable = was
 
     def fingerprint_extras(self) -> str:
         """Settings beyond the weights that change the trained vectors: clip skip, emphasis, merged LoRAs."""
