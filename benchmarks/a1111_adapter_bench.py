@@ -7,7 +7,8 @@ $ANYBODY_A1111_CKPT), trains through ``POST /anybody/v1/train/cross-init`` and r
 ``seconds_per_step`` (median, first step left out); then the same settings on our diffusers host loaded from the
 same file in this process. The two never run at the same time. The webui is measured twice: with its default
 for training (attention optimisations undone, as its own embedding trainer does) and with the user option
-``training_xattention_optimizations`` on. Prints a JSON line and a markdown table.
+``training_xattention_optimizations`` on (its attention kernel follows the webui's flags: `ANYBODY_A1111_ARGS=--opt-sdp-attention`).
+Prints a JSON line and a markdown table; results in benchmarks/README.md.
 """
 from __future__ import annotations
 
