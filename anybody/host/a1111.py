@@ -295,10 +295,23 @@ class A1111Host(Host):
 
         x = x_t.to(devices.device)
         if self.family == "sdxl":
-            c = {"crossattn": cond.context.to(devices.device), "vector": cond.pooled.to(devices.device)}
+            vector = self.sdxl_vector(cond.pooled.to(devices.device), x.shape[-2] * 8, x.shape[-1] * 8)
+            c = {"crossattn": cond.context.to(devices.device), "vector": vector}
         else:
             c = cond.context.to(devices.device)
         return self.sd_model.apply_model(x, t.to(devices.device), c).float()
+
+    def sdxl_vector(self, vector: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """SDXL's ADM vector for the image size being trained: ``get_learned_conditioning`` embeds 1024x1024 unless
+        told otherwise; the size embedders (after the pooled text part) are run again for ``height x width``."""
+        from modules import shared
+
+        sizes = {"original_size_as_tuple": [height, width], "target_size_as_tuple": [height, width],
+                 "crop_coords_top_left": [shared.opts.sdxl_crop_top, shared.opts.sdxl_crop_left]}
+        parts = [e(torch.tensor([sizes[e.input_key]] * len(vector), device=vector.device, dtype=vector.dtype))
+                 for e in self.sd_model.conditioner.embedders if getattr(e, "input_key", None) in sizes]
+        width_of_sizes = sum(p.shape[-1] for p in parts)
+        return torch.cat([vector[:, :vector.shape[-1] - width_of_sizes], *[p.to(vector.dtype) for p in parts]], dim=-1)
 
     def autocast(self):
         from modules import devices

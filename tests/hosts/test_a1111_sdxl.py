@@ -32,7 +32,12 @@ def _register(demo, app):
             save_embedding(host.embeddings_dir() / "xlword.safetensors", vecs, "sdxl", overwrite=True)
             refresh_embeddings()
             theirs = shared.sd_model.get_learned_conditioning([prompt.format("xlword")])
-            return {"family": host.family, "encoders": sorted(host.encoders),
+            from modules.prompt_parser import SdConditioning
+
+            small = shared.sd_model.get_learned_conditioning(SdConditioning([prompt.format("xlword")], width=64,
+                                                                            height=96))
+            return {"small_vector": (host.sdxl_vector(ours.pooled, 96, 64) - small["vector"].float()).abs().max().item(),
+                    "sizes_matter": (small["vector"].float() - theirs["vector"].float()).abs().max().item(),"family": host.family, "encoders": sorted(host.encoders),
                     "context": (ours.context - theirs["crossattn"].float()).abs().max().item(),
                     "vector": (ours.pooled - theirs["vector"].float()).abs().max().item(),
                     "widths": [host.encoders[k].width for k in ("clip_l", "clip_g")]}
@@ -61,6 +66,7 @@ def test_sdxl_conditioning_and_adm_vector_equal_the_webuis(webui):
     out = webui.post("/anybody-probe/sdxl-conditioning", {})
     assert out["encoders"] == ["clip_g", "clip_l"] and out["widths"] == [768, 1280]
     assert out["context"] < 1e-4 and out["vector"] < 1e-4, out
+    assert out["small_vector"] < 1e-4 < out["sizes_matter"], out  # the vector for the trained size, as the webui's
 
 
 def test_sdxl_training_writes_two_encoder_embedding_the_webui_loads(webui):
