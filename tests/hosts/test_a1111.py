@@ -65,6 +65,23 @@ def _register(demo, app):
         return list(handler("task(probe)", files, *values.values()))
 
 
+    @app.post("/anybody-probe/tab-faces")
+    def tab_faces(body: dict):
+        """The tab's Align and Score handlers, wrapped as the tab wraps them."""
+        import types
+
+        from modules.call_queue import wrap_gradio_gpu_call
+
+        from anybody.a1111 import tab
+
+        files = [types.SimpleNamespace(name=path) for path in body["files"]]
+        crops, align_html = wrap_gradio_gpu_call(tab.align_from_tab, extra_outputs=[[]])(
+            files, body["pack"], "ffhq256", "largest", 0, "error")
+        plot, score_html = wrap_gradio_gpu_call(tab.score_from_tab, extra_outputs=[None])(files, files, body["pack"])
+        return {"crops": [list(c.shape) for c in crops], "align": align_html, "plot": list(plot.shape) if plot is not None
+                else None, "score": score_html}
+
+
 script_callbacks.on_app_started(_register)
 '''
 
@@ -270,6 +287,12 @@ def test_face_routes_use_the_webuis_insightface_folder(webui):
     assert Image.open(io.BytesIO(base64.b64decode(aligned["crops"][0]))).size == (256, 256)
     score = webui.post("/anybody/v1/identity-score", {"images": [photo], "reference": [photo], "face_model": "testpack"})
     assert abs(score["mean"] - 1.0) < 1e-3 and score["plot"]
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(_painted_photo()).save(webui.data / "painted.png")
+    in_tab = webui.post("/anybody-probe/tab-faces", {"files": [str(webui.data / "painted.png")], "pack": "testpack"})
+    assert in_tab["crops"] == [[256, 256, 3]] and "1/1 face(s) aligned to ffhq256" in in_tab["align"], in_tab
+    assert in_tab["plot"] and "identity cosine 1.000" in in_tab["score"], in_tab
     blank = png_b64(np.full((96, 96, 3), 90, np.uint8))
     trained = webui.post("/anybody/v1/train/cross-init", {"images": [photo, blank], "name": "faced", **TRAIN,
                                                           "face_model": "testpack"})
