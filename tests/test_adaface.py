@@ -1,0 +1,258 @@
+"""AdaFace (spec shared/methods/adaface.md §11): the networks, the restricted loader and the vector maths, on tiny
+networks with the official layouts, including a pickled-module checkpoint with the authors' class names."""
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from anybody.errors import BadInputError, ModelFileError
+from anybody.methods import adaface
+from anybody.nets import adaface_files
+from anybody.nets.clip_text import ClipTextShape, ClipTextTransformer, infer_shape
+from anybody.nets.pickle_stubs import load_stubbed, module_tensors
+
+
+def _clip(width=768, layers=3, copies=None, vocab=49408, seed=0, mlp=32) -> ClipTextTransformer:
+    torch.manual_seed(seed)
+    shape = ClipTextShape(width, layers, width // 64, mlp, vocab, 77, tuple(copies or [1] * layers))
+    model = ClipTextTransformer(shape)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.normal_(1, 0.1)
+    return model.eval().requires_grad_(False)
+
+
+def test_tokenizer_facts():
+    from anybody.host.tiny import clip_tokenizer
+
+    tok = clip_tokenizer()
+    assert tok("photo of a id person")["input_ids"] == list(adaface.ARC2FACE_PROMPT)
+    ids = tok("photo of a " + ", " * 16)["input_ids"]
+    assert ids == list(adaface.COMMA_TEMPLATE) and ids[4:20] == [267] * 16 and ids[20] == 49407
+
+
+def test_clip_text_matches_transformers():
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(0)
+    hf = CLIPTextModel(CLIPTextConfig(hidden_size=128, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                                      vocab_size=1000, max_position_embeddings=77, hidden_act="quick_gelu")).eval()
+    ours = ClipTextTransformer.from_tensors(hf.state_dict())  # heads: 64 wide, as every CLIP text encoder
+    ids = torch.randint(0, 1000, (2, 77))
+    with torch.no_grad():
+        ref = hf(input_ids=ids, output_hidden_states=True)
+        states = ours(ours.token_rows(ids))
+    for a, b in zip(states, ref.hidden_states):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.final_layer_norm(states[-1]), ref.last_hidden_state, atol=1e-5, rtol=1e-5)
+
+
+def test_widened_attention_with_identical_copies_is_plain_attention():
+    plain = _clip(width=64, layers=2, vocab=100)
+    wide = ClipTextTransformer(ClipTextShape(64, 2, 1, 32, 100, 77, (3, 2)))
+    state = {}
+    for k, v in plain.state_dict().items():
+        layer = int(k.split(".")[2]) if k.startswith("encoder.layers.") else None
+        if layer is not None and (".k_proj." in k or ".v_proj." in k):
+            v = torch.cat([v] * (3, 2)[layer])
+        state[k] = v
+    wide.load_state_dict(state)
+    wide.eval()
+    x = torch.randn(1, 77, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(wide(x)[-1], plain(x)[-1], atol=1e-5, rtol=1e-5)
+    assert infer_shape({"text_model." + k: v for k, v in state.items()}).kv_copies == (3, 2)
+
+
+def test_layer_mixing_weights():
+    states = [torch.randn(1, 5, 8) for _ in range(13)]
+    assert torch.equal(adaface.mix_last_layers(states, torch.tensor([[0.0], [0.0], [1.0]])), states[-1])
+    torch.testing.assert_close(adaface.mix_last_layers(states, torch.tensor([[1.0], [2.0], [4.0]])),
+                               adaface.mix_last_layers(states, torch.tensor([[2.0], [4.0], [8.0]])))
+    per_channel = torch.rand(3, 8) + 0.1
+    expected = sum((per_channel[i] / per_channel.sum(0)) * states[10 + i] for i in range(3))
+    torch.testing.assert_close(adaface.mix_last_layers(states, per_channel), expected)
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    pad = torch.randn(77, 768)
+    return adaface.AdaFaceEncoder(_clip(seed=1), _clip(seed=2, copies=[1, 4, 2]), torch.tensor([[1.0], [2.0], [4.0]]),
+                                  pad[adaface.ROWS].clone())
+
+
+def test_id_vector_is_the_normalised_mean():
+    a, b = torch.randn(512), torch.randn(512)
+    f = adaface.id_vector(torch.stack([a * 3, b]))
+    assert abs(f.norm().item() - 1) < 1e-5
+    torch.testing.assert_close(f, torch.nn.functional.normalize(
+        torch.nn.functional.normalize(a, dim=0) + torch.nn.functional.normalize(b, dim=0), dim=0))
+    with pytest.raises(BadInputError, match="512-wide"):
+        adaface.id_vector(torch.randn(2, 256))
+
+
+def test_rows_do_not_depend_on_padding_length(encoder):
+    f = adaface.id_vector(torch.randn(1, 512))
+    torch.testing.assert_close(encoder.id_prompt(f, 22), encoder.id_prompt(f, 77), atol=1e-5, rtol=1e-5)
+    q = encoder.id_prompt(f)
+    torch.testing.assert_close(encoder.subject_vectors(q, 21), encoder.subject_vectors(q, 77), atol=1e-5, rtol=1e-5)
+
+
+def test_vectors_shape_strength_and_determinism(encoder):
+    f = adaface.id_vector(torch.randn(2, 512))
+    vectors = encoder.encode(f)
+    assert vectors.shape == (16, 768) and torch.isfinite(vectors).all()
+    assert torch.equal(encoder.encode(f), vectors)  # the same face gives the same vectors
+    assert torch.equal(encoder.encode(f, 0.0), encoder.pad_embeddings)
+    torch.testing.assert_close(encoder.encode(f, 2.0), 2 * vectors - encoder.pad_embeddings)
+    other = adaface.id_vector(torch.randn(1, 512))
+    assert not torch.allclose(encoder.encode(other), vectors)
+    without_pad = adaface.AdaFaceEncoder(encoder.arc2face, encoder.prompt2token, None, None)
+    with pytest.raises(ModelFileError, match="strength 1.0"):
+        without_pad.encode(f, 4.0)
+
+
+# --- the pickled checkpoint, as the authors saved it -----------------------------------------------------------
+
+def _authors_modules(monkeypatch, prefix: str) -> types.ModuleType:
+    """Classes named as in the authors' code, importable under ``prefix`` while the test saves the checkpoint."""
+    module = types.ModuleType(prefix)
+    parts = prefix.split(".")
+    for i in range(1, len(parts)):
+        monkeypatch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+    monkeypatch.setitem(sys.modules, prefix, module)
+
+    class SubjBasisGenerator(nn.Module):
+        pass
+
+    class CLIPTextModelWrapper(nn.Module):
+        pass
+
+    from anybody.nets.clip_text import MultiKVAttention
+
+    CLIPAttentionMKV = type("CLIPAttentionMKV", (MultiKVAttention,), {})
+    for cls in (SubjBasisGenerator, CLIPTextModelWrapper, CLIPAttentionMKV):
+        cls.__module__, cls.__qualname__ = prefix, cls.__name__
+        setattr(module, cls.__name__, cls)
+    return module
+
+
+def _save_authors_checkpoint(path: Path, monkeypatch, prefix: str, text: ClipTextTransformer, pad: torch.Tensor,
+                             joint: bool = False) -> dict:
+    mod = _authors_modules(monkeypatch, prefix)
+    wrapper = mod.CLIPTextModelWrapper()
+    wrapper.text_model = text
+    for layer in text.encoder.layers:
+        layer.self_attn.__class__ = mod.CLIPAttentionMKV
+    generator = mod.SubjBasisGenerator()
+    generator.prompt2token_proj = wrapper
+    generator.hidden_state_layer_weights = nn.Parameter(torch.tensor([[0.92], [0.95], [2.08]]))
+    generator.pad_embeddings = pad  # a plain tensor attribute, as in the official generator
+    generator.num_out_embs_per_layer = 16
+    generator.prompt2token_proj_attention_multipliers = [2] * 12  # unreliable by design: shapes decide
+    stored = nn.ModuleList([nn.Linear(2, 2), generator]) if joint else generator
+    torch.save({"string_to_token": {"z": torch.tensor(265)}, "placeholder_strings": ["z"], "do_zero_shot": True,
+                "string_to_subj_basis_generator_dict": {"z": stored}}, path)
+    for name in [n for n in sys.modules if n == prefix.split(".")[0] or n.startswith(prefix.split(".")[0] + ".")]:
+        monkeypatch.delitem(sys.modules, name)  # loading must not need the authors' code
+    return {"prompt2token_proj.text_model." + k: v for k, v in text.state_dict().items()}
+
+
+@pytest.mark.parametrize("prefix", ["ldm.modules.subj_basis_generator", "adaface.subj_basis_generator"])
+def test_pickled_generator_loads_without_its_code_and_caches(tmp_path, monkeypatch, prefix):
+    text, arc = _clip(seed=3, copies=[1, 4, 2]), _clip(seed=4)
+    pad = torch.randn(77, 768)
+    path = tmp_path / adaface_files.ADAFACE_FILE
+    expected = _save_authors_checkpoint(path, monkeypatch, prefix, text, pad)
+    (tmp_path / "arc2face" / "encoder").mkdir(parents=True)
+    torch.save({"text_model." + k: v for k, v in arc.state_dict().items()},
+               tmp_path / "arc2face" / "encoder" / "pytorch_model.bin")
+
+    tensors = adaface_files.subject_generator_tensors(path)
+    for key, value in expected.items():
+        assert torch.equal(tensors[key], value), key
+    assert torch.equal(tensors["pad_embeddings"], pad)
+    assert tensors["hidden_state_layer_weights"].shape == (3, 1)
+    assert adaface_files.cache_path(path).is_file()
+
+    loaded = adaface_files.load_adaface(path, tmp_path / "arc2face")
+    assert loaded.prompt2token.shape.kv_copies == (1, 4, 2)
+    assert torch.equal(loaded.pad_embeddings, pad[adaface.ROWS])
+    f = adaface.id_vector(torch.randn(1, 512))
+    reference = adaface.AdaFaceEncoder(arc, text, torch.tensor([[0.92], [0.95], [2.08]]), pad[adaface.ROWS])
+    torch.testing.assert_close(loaded.encode(f, 1.5), reference.encode(f, 1.5), atol=1e-5, rtol=1e-5)
+
+    def no_pickle(path):
+        raise AssertionError("the cache should have been used")
+
+    monkeypatch.setattr(adaface_files, "_from_pickle", no_pickle)
+    again = adaface_files.load_adaface(path, tmp_path / "arc2face")
+    assert torch.equal(again.encode(f, 1.5), loaded.encode(f, 1.5))  # bit-exact through the cache
+    os.utime(path, ns=(1, 1))  # touched, same content: the hash keeps the cache valid
+    adaface_files.load_adaface(path, tmp_path / "arc2face")
+
+
+def test_a_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"string_to_subj_basis_generator_dict": {"z": Payload()}}, path)
+    with pytest.raises(ModelFileError, match=r"asks to call (posix|os|nt)\.system"):
+        load_stubbed(path)
+    assert not marker.exists()
+
+    class Eval:
+        def __reduce__(self):
+            return (eval, (f"open({str(marker)!r}, 'w')",))
+
+    torch.save([Eval()], path)
+    with pytest.raises(ModelFileError, match=r"(__builtin__|builtins)\.eval"):
+        load_stubbed(path)
+    assert not marker.exists()
+
+
+def test_bad_adaface_files_are_named(tmp_path, monkeypatch):
+    path = tmp_path / "ada.pt"
+    with pytest.raises(ModelFileError, match=adaface_files.ADAFACE_FILE):
+        adaface_files.subject_generator_tensors(path)
+    text = _clip(width=64, layers=2, vocab=100)
+    _save_authors_checkpoint(path, monkeypatch, "ldm.modules.subj_basis_generator", text, torch.randn(77, 64))
+    data = path.read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="truncated"):
+        adaface_files.subject_generator_tensors(truncated)
+    (tmp_path / "arc").mkdir()
+    with pytest.raises(ModelFileError, match="Arc2Face encoder not found"):
+        adaface_files.load_adaface(path, tmp_path / "arc")
+    torch.save({"text_model." + k: v for k, v in text.state_dict().items()}, tmp_path / "arc" / "pytorch_model.bin")
+    with pytest.raises(ModelFileError, match="768-wide"):
+        adaface_files.load_adaface(path, tmp_path / "arc")
+    joint = tmp_path / "joint.pt"
+    _save_authors_checkpoint(joint, monkeypatch, "adaface.subj_basis_generator", _clip(width=64, layers=2, vocab=100),
+                             torch.randn(77, 64), joint=True)
+    with pytest.raises(ModelFileError, match="2025 joint"):
+        adaface_files.subject_generator_tensors(joint)
+    state = {"text_model." + k: v for k, v in text.state_dict().items()}
+    state["text_model.encoder.layers.1.self_attn.k_proj.weight"] = torch.randn(100, 64)
+    with pytest.raises(ModelFileError, match="not a multiple of the width"):
+        infer_shape(state)
+
+
+def test_stub_tree_walk_matches_state_dict(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).half()
+    torch.save(model, tmp_path / "whole_module.pt")
+    tensors = module_tensors(load_stubbed(tmp_path / "whole_module.pt"))
+    assert set(tensors) == set(model.state_dict())
+    assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
