@@ -22,10 +22,7 @@ CORE = ["safetensors>=0.4", "numpy", "pillow", "scikit-image"]
 CLI = ["diffusers>=0.30", "transformers>=4.40"]
 DEV = ["pytest>=7", "onnx"]
 HOST_OWNED = ("torch", "torchvision", "torchaudio", "gradio", "fastapi", "pydantic", "transformers", "numpy", "pillow",
-              "safetensors", "setuptools")
-#: host-pinned packages that may move within their major version: A1111 pins protobuf 3.20.0, and insightface's onnx
-#: needs 3.20.2 or later (the same fix the webui's face-swap extensions make)
-HOST_OWNED_MAJOR = ("protobuf",)
+              "safetensors", "setuptools", "protobuf")
 ONNX_PACKAGES = ("onnxruntime", "onnxruntime-gpu")
 CV2_PACKAGES = ("opencv-python", "opencv-python-headless", "opencv-contrib-python", "opencv-contrib-python-headless")
 
@@ -80,9 +77,7 @@ def missing(requirements: list[str]) -> list[str]:
 
 def host_pins() -> list[str]:
     """Constraints that keep what the host installed where it is (pip would otherwise upgrade it for a dependency)."""
-    pins = [f"{name}=={installed(name)}" for name in HOST_OWNED if installed(name)]
-    return pins + [f"{name}>={installed(name)},<{int(installed(name).split('.')[0]) + 1}" for name in HOST_OWNED_MAJOR
-                   if installed(name)]
+    return [f"{name}=={installed(name)}" for name in HOST_OWNED if installed(name)]
 
 
 def pip_install(packages: list[str], no_deps: bool = False) -> None:
@@ -124,7 +119,15 @@ def main(argv: list[str]) -> int:
         pip_install(["insightface"], no_deps=True)
     extra = insightface_requirements()
     if extra:
-        pip_install(extra)
+        try:
+            pip_install(extra)
+        except subprocess.CalledProcessError:
+            # A1111 pins protobuf 3.20.0: insightface's onnx exists for it on Python 3.10 (onnx 1.12, the webui's
+            # Python) but not on newer Pythons. Moving protobuf would make the webui reinstall its own at every launch.
+            print(f"[Anybody] could not install {', '.join(extra)} beside this host's pinned packages (see pip's "
+                  "message above). Training and identities work without them; the face tools (FaceAlign, "
+                  "IdentityScore, crop_to_face) need insightface's dependencies. On AUTOMATIC1111 use Python 3.10, "
+                  "as the webui recommends.", flush=True)
     if not todo and not extra:
         print("[Anybody] all requirements present.")
     return 0

@@ -54,8 +54,10 @@ def test_defaults_make_the_paper_recipe():
 def test_custom_steps_resume_alias_and_numbers():
     checked, config = fields.cross_init_request({"preset": "custom", "steps": 7, "lr": 1, "resume": False})
     assert config.steps == 7 and config.lr == 1.0 and checked["saved_progress"] == "start over"
-    _, fast = fields.cross_init_request({"preset": "fast-25", "steps": 7})
-    assert fast.steps == 25  # steps only counts with the custom preset, as on the node
+    _, chosen = fields.cross_init_request({"steps": 7})
+    assert chosen.steps == 7  # steps alone means the custom preset
+    with pytest.raises(BadInputError, match="counts only with preset 'custom'"):
+        fields.cross_init_request({"preset": "fast-25", "steps": 7})  # the node ignores it there; a request says so
 
 
 @pytest.mark.parametrize("body, words", [

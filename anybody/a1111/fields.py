@@ -60,6 +60,11 @@ def cross_init_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], CrossIn
     """The checked fields and the training config of a cross-init request (``resume: true|false`` is accepted as
     a shorthand for ``saved_progress``)."""
     body = dict(body)
+    if "steps" in body and body.get("preset", "custom") != "custom":
+        raise BadInputError(f"cross-init: 'steps' counts only with preset 'custom' (the preset {body['preset']!r} "
+                            "fixes its own); drop 'steps' or set \"preset\": \"custom\".")
+    if "steps" in body:
+        body["preset"] = "custom"
     if "resume" in body:
         resume = body.pop("resume")
         if not isinstance(resume, bool):
@@ -74,8 +79,13 @@ def cross_init_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], CrossIn
     return fields, config
 
 
+#: limits of one request: photos, encoded size of each, and the side photos are read at (as the tab reads them)
+MAX_PHOTOS, MAX_PHOTO_BYTES, MAX_SIDE = 64, 40 << 20, 2048
+
+
 def decode_image(data: str, label: str) -> torch.Tensor:
-    """A base64 PNG/JPEG/WebP (a ``data:image/...;base64,`` prefix is fine) -> ``[H,W,3]`` float 0..1."""
+    """A base64 PNG/JPEG/WebP (a ``data:image/...;base64,`` prefix is fine) -> ``[H,W,3]`` float 0..1, at most
+    ``MAX_SIDE`` pixels on a side (a larger photo is downscaled as it is read)."""
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -85,13 +95,22 @@ def decode_image(data: str, label: str) -> torch.Tensor:
         raise BadInputError(f"{label} must be a base64-encoded PNG or JPEG string.")
     if data.startswith("data:"):
         data = data.partition(",")[2]
+    if len(data) > MAX_PHOTO_BYTES * 4 // 3 + 4:
+        raise BadInputError(f"{label} is larger than {MAX_PHOTO_BYTES >> 20} MB; send a smaller photo (faces train at "
+                            "512-1024 px).")
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise BadInputError(f"{label} is not valid base64 ({exc}).") from exc
     try:
         with Image.open(io.BytesIO(raw)) as im:
-            rgb = _to_uint8(ImageOps.exif_transpose(im))
+            if im.format == "JPEG":
+                im.draft("RGB", (MAX_SIDE, MAX_SIDE))
+            im = ImageOps.exif_transpose(im)
+            if max(im.size) > MAX_SIDE:
+                im = im if im.mode in ("RGB", "L", "RGBA", "P") else _to_uint8(im)
+                im.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+            rgb = _to_uint8(im)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, SyntaxError) as exc:
         raise BadInputError(f"{label} is not an image Anybody can read (PNG, JPEG or WebP): "
                             f"{exc.__class__.__name__}.") from exc
@@ -101,6 +120,8 @@ def decode_image(data: str, label: str) -> torch.Tensor:
 def decode_images(values: Any, field: str = "images") -> list[torch.Tensor]:
     if not isinstance(values, list) or not values:
         raise BadInputError(f"'{field}' must be a non-empty list of base64-encoded photos (PNG or JPEG).")
+    if len(values) > MAX_PHOTOS:
+        raise BadInputError(f"'{field}' holds {len(values)} photos; send at most {MAX_PHOTOS} per request.")
     return [decode_image(v, f"{field}[{i}]") for i, v in enumerate(values)]
 
 

@@ -60,6 +60,19 @@ def parse_infotext(value: str) -> tuple[str, str]:
     return rest.rpartition("@")[0] or rest, word
 
 
+#: words bound for the running generation -> what the embedding database held under them before (module-wide:
+#: txt2img and img2img are separate script objects, and a failed job skips postprocess)
+_BOUND: dict[str, object] = {}
+
+
+def unbind_all(sd_model) -> None:
+    from modules import sd_hijack
+
+    while _BOUND:
+        word, previous = _BOUND.popitem()
+        sd_hijack.model_hijack.embedding_db.register_embedding_by_name(previous, sd_model, word)
+
+
 def make_script_class():
     """The ``scripts.Script`` subclass (built here, so this module imports without the webui)."""
     import gradio as gr
@@ -67,8 +80,6 @@ def make_script_class():
     from modules.ui_components import InputAccordion, ToolButton
 
     class AnybodyIdentityScript(scripts.Script):
-        bound: tuple[str, object] | None = None
-
         def title(self):
             return TITLE
 
@@ -95,7 +106,7 @@ def make_script_class():
             return [enabled, choice, word]
 
         def process(self, p, enabled=False, choice="", word="", *rest):
-            self._unbind()  # a job that failed before postprocess leaves its word registered
+            unbind_all(shared.sd_model)  # a job that failed before postprocess left its word registered
             if not enabled or not choice:
                 return
             try:
@@ -109,8 +120,7 @@ def make_script_class():
                 return
             vecs = {k: v.to(webui.device_of_webui()) for k, v in identity.vectors.items()}
             vec = vecs if identity.family == "sdxl" else next(iter(vecs.values()))
-            db = sd_hijack.model_hijack.embedding_db
-            self.bound = (word, db.word_embeddings.get(word))
+            _BOUND[word] = sd_hijack.model_hijack.embedding_db.word_embeddings.get(word)
             webui.register_vectors(shared.sd_model, word, vec)
             # conditioning is cached by prompt text; the same words with other vectors must be encoded again
             p.cached_c, p.cached_uc = [None, None], [None, None]
@@ -119,12 +129,6 @@ def make_script_class():
             p.extra_generation_params[INFOTEXT_KEY] = record
 
         def postprocess(self, p, processed, *args):
-            self._unbind()
-
-        def _unbind(self):
-            if self.bound is not None:
-                word, previous = self.bound
-                self.bound = None
-                sd_hijack.model_hijack.embedding_db.register_embedding_by_name(previous, shared.sd_model, word)
+            unbind_all(shared.sd_model)
 
     return AnybodyIdentityScript

@@ -59,13 +59,26 @@ def face_models(pack: str):
     return _face_models(pack, folder.stat().st_mtime)
 
 
-def face_packs() -> list[str]:
-    from ..face.models import list_packs
+def face_packs(installed_only: bool = False) -> list[str]:
+    """Pack names for the dropdowns (the well-known ones first, so choosing a missing one explains where it goes);
+    ``installed_only``: those whose files are really there."""
+    from ..face.models import find_pack, list_packs
 
     try:
-        return list_packs(webui.face_model_roots())
+        packs = list_packs(webui.face_model_roots())
     except Exception:  # a broken folder must not break the page
         return []
+    if not installed_only:
+        return packs
+
+    def present(pack: str) -> bool:
+        try:
+            find_pack(pack, webui.face_model_roots())
+            return True
+        except Exception:
+            return False
+
+    return [p for p in packs if present(p)]
 
 
 def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: CrossInitConfig,
@@ -125,23 +138,28 @@ def identity_score(images: Sequence[torch.Tensor], references: Sequence[torch.Te
 
 
 def info() -> dict[str, Any]:
-    """Version, the loaded model's family and which capabilities and model files are present."""
-    from modules import shared
+    """Version, the loaded model's family and which capabilities and model files are present. Never loads a
+    checkpoint (the webui loads one on first use of ``shared.sd_model``)."""
+    from modules import sd_models
 
-    family, problem = None, None
+    family, problem, checkpoint = None, None, None
     if webui.is_forge():
         problem = webui.FORGE_MESSAGE
     else:
-        try:
-            family = webui.model_family(shared.sd_model)
-        except Exception as exc:  # no model yet, or an unsupported one: say which
-            problem = str(exc)
-    packs = face_packs()
+        model = sd_models.model_data.sd_model
+        checkpoint = getattr(getattr(model, "sd_checkpoint_info", None), "title", None)
+        if model is None:
+            problem = "No checkpoint is loaded yet (the webui loads one at the first generation)."
+        else:
+            try:
+                family = webui.model_family(model)
+            except Exception as exc:  # an unsupported model: say which
+                problem = str(exc)
+    packs = face_packs(installed_only=True)
     return {
         "version": __version__,
         "host": "forge" if webui.is_forge() else "a1111",
-        "model": {"family": family, "checkpoint": getattr(getattr(shared.sd_model, "sd_checkpoint_info", None),
-                                                          "title", None), "problem": problem},
+        "model": {"family": family, "checkpoint": checkpoint, "problem": problem},
         "embeddings_dir": str(webui.embeddings_dir()),
         "capabilities": {"cross_init": family is not None, "align": bool(packs), "identity_score": bool(packs),
                          "inject": family is not None},

@@ -54,15 +54,50 @@ def answer(run: Callable[[], Any]):
         return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=400)
 
 
-def register(app) -> None:
-    from fastapi import Body
+def _auth_dependency():
+    """HTTP Basic against ``--api-auth``, as the webui's own API routes check it; None when no auth is set."""
+    import secrets
 
-    @app.get(f"{PREFIX}/info")
+    from fastapi import Depends, HTTPException
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+    from modules import shared
+
+    spec = getattr(shared.cmd_opts, "api_auth", None)
+    if not spec:
+        return None
+    users = dict(pair.split(":", 1) for pair in spec.split(",") if ":" in pair)
+
+    def check(credentials: HTTPBasicCredentials = Depends(HTTPBasic())):
+        password = users.get(credentials.username)
+        if password is None or not secrets.compare_digest(credentials.password, password):
+            raise HTTPException(status_code=401, detail="Incorrect username or password",
+                                headers={"WWW-Authenticate": "Basic"})
+
+    return Depends(check)
+
+
+def enabled() -> bool:
+    """The routes exist when the webui serves its API (``--api`` or ``--nowebui``), as its own routes do."""
+    from modules import shared
+
+    return bool(getattr(shared.cmd_opts, "api", False) or getattr(shared.cmd_opts, "nowebui", False))
+
+
+def register(app) -> None:
+    from fastapi import APIRouter, Body
+
+    if not enabled():
+        print("[Anybody] HTTP routes off: start the webui with --api to use /anybody/v1/.", flush=True)
+        return
+    auth = _auth_dependency()
+    router = APIRouter(dependencies=[auth] if auth is not None else [])
+
+    @router.get(f"{PREFIX}/info")
     def anybody_info():
         """Version, the loaded model's family, capabilities and model files present."""
         return jobs.info()
 
-    @app.post(f"{PREFIX}/train/cross-init")
+    @router.post(f"{PREFIX}/train/cross-init")
     def anybody_train_cross_init(body: dict = Body(...)):
         """Cross-Init training on the loaded model -> the embedding path and vector statistics."""
         def run():
@@ -72,7 +107,7 @@ def register(app) -> None:
                 return jobs.cross_init(images, checked, config)
         return answer(run)
 
-    @app.post(f"{PREFIX}/align")
+    @router.post(f"{PREFIX}/align")
     def anybody_align(body: dict = Body(...)):
         """FaceAlign: aligned crops (base64 PNG) and per-photo face records."""
         def run():
@@ -85,7 +120,7 @@ def register(app) -> None:
             return {**result, "crops": [fields.encode_png(c) for c in crops]}
         return answer(run)
 
-    @app.post(f"{PREFIX}/identity-score")
+    @router.post(f"{PREFIX}/identity-score")
     def anybody_identity_score(body: dict = Body(...)):
         """IdentityScore: cosine similarity of generated faces to reference photos, and the chart (base64 PNG)."""
         def run():
@@ -96,3 +131,5 @@ def register(app) -> None:
                 result, plot = jobs.identity_score(images, references, checked)
             return {**result, "plot": fields.encode_png(plot)}
         return answer(run)
+
+    app.include_router(router)

@@ -50,6 +50,8 @@ def train_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
         body["face_model"] = body["face_model"] if body["face_model"] != "none" else ""
         for key in ("steps", "batch", "grad_accum", "resolution", "seed", "save_every", "preview_every"):
             body[key] = int(body[key])
+        if body["preset"] != "custom":
+            del body["steps"]  # the box only counts for the custom preset
         checked, config = fields.cross_init_request(body)
         from pathlib import Path
 
@@ -99,12 +101,9 @@ def build():
 
     d = fields.CROSS_INIT_FIELDS
     packs = jobs.face_packs()
-    info = jobs.info()
     with gr.Blocks(analytics_enabled=False) as tab:
-        problem = info["model"]["problem"]
-        gr.HTML(_message(problem, error=True) if problem else
-                "<p>Put anybody into Stable Diffusion from a few photos, on the checkpoint loaded above. Trained "
-                "identities land in the embeddings folder: write their name in a prompt.</p>")
+        gr.HTML("<p>Put anybody into Stable Diffusion from a few photos, on the checkpoint selected above (SD1.x, SD2.x "
+                "or SDXL). Trained identities land in the embeddings folder: write their name in a prompt.</p>")
         with gr.Tabs():
             with gr.Tab("Cross-Init training", elem_id=f"{ELEM}_cross_init_tab"):
                 with gr.Row():
@@ -182,8 +181,10 @@ def build():
                         score_result = gr.HTML(value="")
                 score.click(fn=wrap_gradio_gpu_call(score_from_tab, extra_outputs=[None]),
                             inputs=[generated, references, score_pack], outputs=[chart, score_result])
-        if not packs:
+        if not jobs.face_packs(installed_only=True):
+            from ..host.a1111 import face_model_roots
+
             gr.HTML(_message("No insightface pack found for FaceAlign, IdentityScore and crop_to_face: unzip "
                              "antelopev2 (or buffalo_l) so its .onnx files sit in "
-                             f"{info['model_files']['insightface_folders'][0]}/models/antelopev2/."))
+                             f"{face_model_roots()[0]}/models/antelopev2/."))
     return [(tab, "Anybody", ELEM)]

@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import contextlib
+import html
 import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator, Sequence
 
 import torch
+import torch.utils.checkpoint
 
 from ..errors import AnybodyError, TrainingCancelled, WrongModelFamilyError
 from ..text.embedding_file import FAMILY_ENCODERS
@@ -76,7 +78,7 @@ class A1111Sink(ProgressSink):
         from modules import shared
 
         print(f"[Anybody] {message}", flush=True)
-        shared.state.textinfo = message
+        shared.state.textinfo = html.escape(message)  # the page shows it as HTML; file names come from uploads
 
 
 def _token_table(module: torch.nn.Module) -> torch.Tensor:
@@ -90,9 +92,10 @@ def _token_table(module: torch.nn.Module) -> torch.Tensor:
                                 "needs AUTOMATIC1111's own text-encoder path. Is this Forge or a modified webui?")
 
 
-def _fixes_for(rows: PromptRows) -> tuple[list[int], list[tuple[int, object]]]:
+def _fixes_for(rows: PromptRows, device: torch.device | str = "cpu") -> tuple[list[int], list[tuple[int, object]]]:
     """Token ids (a placeholder id where vectors go) and the ``(offset, embedding)`` fixes that splice each run of
-    injected rows in, as the webui's prompt parser hands them to ``EmbeddingsWithFixes`` (rows after ``offset``)."""
+    injected rows in, as the webui's prompt parser hands them to ``EmbeddingsWithFixes`` (rows after ``offset``), on
+    ``device`` (the token table's: the webui concatenates them with its rows)."""
     ids = [0 if isinstance(r, torch.Tensor) else int(r) for r in rows]
     fixes, i = [], 0
     while i < len(rows):
@@ -102,7 +105,7 @@ def _fixes_for(rows: PromptRows) -> tuple[list[int], list[tuple[int, object]]]:
         end = i
         while end < len(rows) and isinstance(rows[end], torch.Tensor):
             end += 1
-        fixes.append((i - 1, SimpleNamespace(vec=torch.stack(rows[i:end]), name="anybody-rows")))
+        fixes.append((i - 1, SimpleNamespace(vec=torch.stack(rows[i:end]).to(device), name="anybody-rows")))
         i = end
     return ids, fixes
 
@@ -126,7 +129,8 @@ class A1111TextEncoder(TextEncoder):
     def encode_rows(self, batch: Sequence[PromptRows]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One 77-token chunk through the webui's ``process_tokens`` (clip skip, SD2 padding, the encoder's own
         layer choice), with the injected rows spliced in by the hijack's fixes."""
-        laid_out = [_fixes_for(rows) for rows in batch]
+        device = _token_table(self.wrapper.wrapped).device
+        laid_out = [_fixes_for(rows, device) for rows in batch]
         self.wrapper.hijack.fixes = [fixes for _, fixes in laid_out]
         z = self.wrapper.process_tokens([ids for ids, _ in laid_out], [[1.0] * len(ids) for ids, _ in laid_out])
         pooled = getattr(z, "pooled", None)
@@ -204,12 +208,28 @@ class A1111Host(Host):
         self.device = torch.device(devices.device)
         self.compute_dtype = torch.float32 if self.device.type == "cpu" else devices.dtype_unet
         self.sink = sink or A1111Sink()
+        if getattr(sd_model.model.diffusion_model, "in_channels", 4) != 4 or getattr(sd_model, "is_sdxl_inpaint", False):
+            raise WrongModelFamilyError("The checkpoint loaded in the webui is an inpainting or instruct-pix2pix model; "
+                                        "identities are trained on a base (txt2img) checkpoint. Select one at the top of "
+                                        "the page; the identity then works with the inpainting model too.")
+        self._unmerge_loras()
         schedule = getattr(sd_model, "alphas_cumprod_original", None)  # the webui's sampling overrides replace the other
         self._alphas = (schedule if schedule is not None else sd_model.alphas_cumprod).detach().double().cpu()
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
         return self._alphas
+
+    def _unmerge_loras(self) -> None:
+        """The webui leaves the last generation's LoRAs merged into the weights until a layer next runs; identities
+        are trained on the checkpoint's own weights (each layer gets them back on its first forward)."""
+        import sys
+
+        networks = sys.modules.get("networks")
+        loaded = [getattr(n, "name", "?") for n in getattr(networks, "loaded_networks", None) or []]
+        if loaded:
+            networks.load_networks([])
+            self.sink.log(f"Training on the checkpoint without the LoRAs of the last generation ({', '.join(loaded)}).")
 
     # --- text -------------------------------------------------------------------------------------------
     def encode_prompts(self, prompts: Sequence[str], injections: Injections | None = None) -> Cond:
@@ -242,24 +262,30 @@ class A1111Host(Host):
                 w.is_trainable = was
 
     def fingerprint_extras(self) -> str:
-        """Settings beyond the weights that change the trained vectors: clip skip, emphasis, merged LoRAs."""
-        import sys
-
+        """Settings beyond the weights that change the trained vectors: clip skip, emphasis."""
         from modules import shared
 
-        networks = sys.modules.get("networks")
-        loaded = [getattr(n, "name", "?") for n in getattr(networks, "loaded_networks", [])] if networks else []
         return (f"prediction={self.prediction};clip_skip={shared.opts.CLIP_stop_at_last_layers};"
-                f"emphasis={getattr(shared.opts, 'emphasis', '')};loras={loaded}")
+                f"emphasis={getattr(shared.opts, 'emphasis', '')}")
 
     def unet_probe_tensors(self) -> list[torch.Tensor]:
         unet = self.sd_model.model.diffusion_model
         return [unet.input_blocks[0][0].weight, unet.out[-1].weight]
 
     # --- latents ----------------------------------------------------------------------------------------
+    def require_whole_model(self) -> None:
+        """Training needs every part on the GPU at once; the webui's low-memory modes move parts away in use."""
+        if getattr(self.sd_model, "lowvram", False):
+            raise AnybodyError("Training needs the whole model on the GPU, and the webui was started with --medvram, "
+                               "--medvram-sdxl or --lowvram, which move parts of it away while they are in use. Restart "
+                               "the webui without that flag to train (gradient_checkpointing and a smaller batch with "
+                               "more grad_accum keep memory low); generating with identities works with either flag.")
+
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent mean/std through the webui's VAE, two photos at a time, honouring Interrupt."""
         from modules import devices
+
+        self.require_whole_model()
 
         means, stds = [], []
         vae = self.sd_model.first_stage_model
@@ -271,7 +297,11 @@ class A1111Host(Host):
             scale = float(self.sd_model.scale_factor)
             means.append(dist.mean.float() * scale)
             stds.append(dist.std.float() * scale)
-        return torch.cat(means), torch.cat(stds)
+        mean = torch.cat(means)
+        if not torch.isfinite(mean).all():  # SDXL's VAE overflows in fp16
+            raise AnybodyError("The VAE turned the photos into NaN/inf latents (it overflows in half precision, as "
+                               "SDXL's VAE does). Start the webui with --no-half-vae, or select a fixed fp16 VAE.")
+        return mean, torch.cat(stds)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         from modules import devices
@@ -293,12 +323,13 @@ class A1111Host(Host):
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         from modules import devices
 
-        x = x_t.to(devices.device)
+        dtype = devices.dtype_unet  # fp16 weights without autocast (--precision half) need fp16 inputs
+        x = x_t.to(devices.device, dtype)
         if self.family == "sdxl":
             vector = self.sdxl_vector(cond.pooled.to(devices.device), x.shape[-2] * 8, x.shape[-1] * 8)
-            c = {"crossattn": cond.context.to(devices.device), "vector": vector}
+            c = {"crossattn": cond.context.to(devices.device, dtype), "vector": vector.to(dtype)}
         else:
-            c = cond.context.to(devices.device)
+            c = cond.context.to(devices.device, dtype)
         return self.sd_model.apply_model(x, t.to(devices.device), c).float()
 
     def sdxl_vector(self, vector: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -322,53 +353,60 @@ class A1111Host(Host):
     @contextlib.contextmanager
     def training(self, batch_pixels: int = 0, checkpointing: bool = False) -> Iterator[None]:
         """Frozen weights that fill no gradients, the webui's attention setting for training, VAE off the GPU
-        when the user's option says so; everything put back afterwards."""
+        when the user's option says so. Each change is registered with its undo as it is made, so an error or
+        out-of-memory anywhere puts every one of them back."""
         from modules import devices, sd_hijack, shared
 
-        if getattr(self.sd_model, "lowvram", False):
-            raise AnybodyError("Training needs the whole model on the GPU, and the webui was started with --medvram "
-                               "or --lowvram, which moves parts of it away while they are in use. Restart the webui "
-                               "without that flag to train (gradient_checkpointing and a smaller batch with more "
-                               "grad_accum keep memory low); generating with identities works with either flag.")
-        modules = [self.sd_model.model, *(e.wrapper for e in self.encoders.values())]
-        trainable = [p for m in modules for p in m.parameters() if p.requires_grad]
-        keep_optimizations = bool(getattr(shared.opts, "training_xattention_optimizations", False))
-        vae = self.sd_model.first_stage_model
-        vae_off = bool(getattr(shared.opts, "unload_models_when_training", False)) and self.device.type != "cpu"
-        for p in trainable:
-            p.requires_grad_(False)
-        layout_hooks = _contiguous_transformer_outputs(self.sd_model) if self.device.type == "cpu" else []
-        if not keep_optimizations:
-            sd_hijack.undo_optimizations()
-        if vae_off:
-            vae.to(devices.cpu)
-        try:
-            with super().training(batch_pixels, checkpointing):
-                yield
-        finally:
-            if vae_off:
-                vae.to(devices.device)
-            if not keep_optimizations:
-                sd_hijack.apply_optimizations()
+        self.require_whole_model()
+        with contextlib.ExitStack() as undo:
+            undo.callback(devices.torch_gc)
+            modules = [self.sd_model.model, *(e.wrapper for e in self.encoders.values())]
+            trainable = [p for m in modules for p in m.parameters() if p.requires_grad]
+            undo.callback(lambda: [p.requires_grad_(True) for p in trainable])
             for p in trainable:
-                p.requires_grad_(True)
-            for hook in layout_hooks:
-                hook.remove()
-            devices.torch_gc()
+                p.requires_grad_(False)
+            if self.device.type == "cpu":
+                for hook in _contiguous_transformer_outputs(self.sd_model):
+                    undo.callback(hook.remove)
+            if not getattr(shared.opts, "training_xattention_optimizations", False):
+                undo.callback(sd_hijack.apply_optimizations)
+                sd_hijack.undo_optimizations()
+            if getattr(shared.opts, "unload_models_when_training", False) and self.device.type != "cpu":
+                vae = self.sd_model.first_stage_model
+                undo.callback(lambda: vae.to(devices.device))
+                undo.callback(devices.torch_gc)  # runs first: free the activations before the VAE comes back
+                vae.to(devices.cpu)
+            undo.enter_context(super().training(batch_pixels, checkpointing))
+            yield
 
     @contextlib.contextmanager
     def checkpointing(self, enabled: bool) -> Iterator[None]:
-        """The webui's own gradient checkpointing of the ldm blocks (what its embedding trainer uses)."""
+        """Recompute block activations in the backward pass: the webui's own switch for SD1.x/SD2.x (ldm), and the
+        same wrapping of sgm's blocks (which the webui's switch does not reach) for SDXL."""
         if not enabled:
             yield
             return
-        from modules import sd_hijack_checkpoint
+        if self.family != "sdxl":
+            from modules import sd_hijack_checkpoint
 
-        sd_hijack_checkpoint.add()
+            sd_hijack_checkpoint.add()
+            try:
+                yield
+            finally:
+                sd_hijack_checkpoint.remove()
+            return
+        from sgm.modules.attention import BasicTransformerBlock
+        from sgm.modules.diffusionmodules.openaimodel import ResBlock
+
+        blocks = [m for m in self.sd_model.model.diffusion_model.modules()
+                  if isinstance(m, (ResBlock, BasicTransformerBlock))]
+        for block in blocks:
+            block.forward = _checkpointed(block.forward)
         try:
             yield
         finally:
-            sd_hijack_checkpoint.remove()
+            for block in blocks:
+                del block.forward
 
     def embeddings_dir(self) -> Path:
         return embeddings_dir()
@@ -377,6 +415,12 @@ class A1111Host(Host):
         from modules import paths
 
         return Path(paths.data_path) / "outputs" / "anybody_training"
+
+
+def _checkpointed(forward):
+    def run(*args, **kwargs):
+        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return run
 
 
 def _contiguous_transformer_outputs(sd_model) -> list:

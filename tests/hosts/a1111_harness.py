@@ -61,7 +61,8 @@ class Webui:
             (data / "extensions" / name / "scripts" / f"{name}.py").write_text(code)
         config = data / "config.json"
         if not config.exists():
-            config.write_text(json.dumps({"live_previews_enable": False, "show_progress_every_n_steps": -1}))
+            config.write_text(json.dumps({"live_previews_enable": False, "show_progress_every_n_steps": -1,
+                                          "persistent_cond_cache": False}))  # images must reflect each job's own conds
         python = os.environ.get("ANYBODY_A1111_PYTHON") or str(webui_dir / "venv" / "bin" / "python")
         flags = [*CPU_FLAGS, "--api", "--server-name", "127.0.0.1", "--port", str(self.port), "--ckpt", str(ckpt),
                  "--data-dir", str(data), *([] if ui else ["--nowebui"]), *(flags or []),
@@ -78,9 +79,9 @@ class Webui:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the webui exited ({self.proc.returncode}); log:\n{self.tail()}")
             try:
-                status, _ = self.request("GET", "/anybody/v1/info", timeout=600)
-                if status == 200:
-                    return
+                status, info = self.request("GET", "/anybody/v1/info", timeout=600)
+                if status == 200 and (info["model"]["family"] or not info["model"]["problem"].startswith("No checkpoint")):
+                    return  # up, routes added, and the checkpoint loaded (the webui loads it in the background)
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
             time.sleep(2)  # not up yet, or up before on_app_started added the extension's routes (404)
