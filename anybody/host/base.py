@@ -19,7 +19,9 @@ Injections = Mapping[str, Mapping[str, torch.Tensor]]
 
 @dataclass
 class Cond:
-    """Conditioning in the layout the host's UNet reads: ``context [B, 77, D]`` (+ SDXL pooled)."""
+    """Conditioning in the layout the host's UNet reads: ``context [B, 77, D]`` and, for SDXL, ``pooled``: the pooled
+    text vector (ComfyUI, diffusers), or the webui's whole ADM vector, pooled text + size embeddings (A1111). Only
+    the host that made a Cond reads its ``pooled``."""
 
     context: torch.Tensor
     pooled: torch.Tensor | None = None
