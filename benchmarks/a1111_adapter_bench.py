@@ -70,7 +70,7 @@ def diffusers_seconds(ckpt: Path, settings: dict) -> float:
     host = load_checkpoint_host(ckpt, out_dir=tempfile.mkdtemp(prefix="diffusers-bench-"), sink=sink, device="cpu")
     config = preset("custom", steps=settings["steps"], resolution=settings["resolution"], batch=settings["batch"],
                     save_every=0, preview_every=0)
-    images = [torch.from_numpy(p).float() / 255 for p in photos()]
+    images = [torch.from_numpy(p.copy()).float() / 255 for p in photos()]
     train_cross_init(host, images, "bench", config)
     gaps = [b - a for a, b in zip(sink.stamps[1:], sink.stamps[2:])]
     return statistics.median(gaps)
