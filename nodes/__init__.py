@@ -1,4 +1,5 @@
 """ComfyUI nodes: thin layers from sockets to the core and back. One module per capability."""
+from .adaface import AnybodyAdaFaceEncode, AnybodyAdaFaceLoader
 from .cross_init import AnybodyCrossInitTrain
 from .face import AnybodyFaceAlign, AnybodyFaceModelLoader, AnybodyFaceParse, AnybodyIdentityScore
 
@@ -8,6 +9,8 @@ NODE_CLASS_MAPPINGS = {
     "AnybodyFaceAlign": AnybodyFaceAlign,
     "AnybodyFaceParse": AnybodyFaceParse,
     "AnybodyIdentityScore": AnybodyIdentityScore,
+    "AnybodyAdaFaceLoader": AnybodyAdaFaceLoader,
+    "AnybodyAdaFaceEncode": AnybodyAdaFaceEncode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "AnybodyCrossInitTrain": "CrossInitTrain (Anybody)",
@@ -15,4 +18,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AnybodyFaceAlign": "FaceAlign (Anybody)",
     "AnybodyFaceParse": "FaceParse (Anybody)",
     "AnybodyIdentityScore": "IdentityScore (Anybody)",
+    "AnybodyAdaFaceLoader": "AdaFaceLoader (Anybody)",
+    "AnybodyAdaFaceEncode": "AdaFaceEncode (Anybody)",
 }

@@ -2,7 +2,6 @@
 networks with the official layouts, including a pickled-module checkpoint with the authors' class names."""
 import os
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -15,18 +14,12 @@ from anybody.nets import adaface_files
 from anybody.nets.clip_text import ClipTextShape, ClipTextTransformer, infer_shape
 from anybody.nets.pickle_stubs import load_stubbed, module_tensors
 
+sys.path.insert(0, str(Path(__file__).parent))
+from adaface_checkpoints import save_authors_checkpoint, tiny_clip  # noqa: E402
+
 
 def _clip(width=768, layers=3, copies=None, vocab=49408, seed=0, mlp=32) -> ClipTextTransformer:
-    torch.manual_seed(seed)
-    shape = ClipTextShape(width, layers, width // 64, mlp, vocab, 77, tuple(copies or [1] * layers))
-    model = ClipTextTransformer(shape)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.05)
-        for m in model.modules():
-            if isinstance(m, nn.LayerNorm):
-                m.weight.normal_(1, 0.1)
-    return model.eval().requires_grad_(False)
+    return tiny_clip(width, layers, copies, vocab, seed, mlp)
 
 
 def test_tokenizer_facts():
@@ -121,47 +114,9 @@ def test_vectors_shape_strength_and_determinism(encoder):
 
 # --- the pickled checkpoint, as the authors saved it -----------------------------------------------------------
 
-def _authors_modules(monkeypatch, prefix: str) -> types.ModuleType:
-    """Classes named as in the authors' code, importable under ``prefix`` while the test saves the checkpoint."""
-    module = types.ModuleType(prefix)
-    parts = prefix.split(".")
-    for i in range(1, len(parts)):
-        monkeypatch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
-    monkeypatch.setitem(sys.modules, prefix, module)
-
-    class SubjBasisGenerator(nn.Module):
-        pass
-
-    class CLIPTextModelWrapper(nn.Module):
-        pass
-
-    from anybody.nets.clip_text import MultiKVAttention
-
-    CLIPAttentionMKV = type("CLIPAttentionMKV", (MultiKVAttention,), {})
-    for cls in (SubjBasisGenerator, CLIPTextModelWrapper, CLIPAttentionMKV):
-        cls.__module__, cls.__qualname__ = prefix, cls.__name__
-        setattr(module, cls.__name__, cls)
-    return module
-
-
-def _save_authors_checkpoint(path: Path, monkeypatch, prefix: str, text: ClipTextTransformer, pad: torch.Tensor,
-                             joint: bool = False) -> dict:
-    mod = _authors_modules(monkeypatch, prefix)
-    wrapper = mod.CLIPTextModelWrapper()
-    wrapper.text_model = text
-    for layer in text.encoder.layers:
-        layer.self_attn.__class__ = mod.CLIPAttentionMKV
-    generator = mod.SubjBasisGenerator()
-    generator.prompt2token_proj = wrapper
-    generator.hidden_state_layer_weights = nn.Parameter(torch.tensor([[0.92], [0.95], [2.08]]))
-    generator.pad_embeddings = pad  # a plain tensor attribute, as in the official generator
-    generator.num_out_embs_per_layer = 16
-    generator.prompt2token_proj_attention_multipliers = [2] * 12  # unreliable by design: shapes decide
-    stored = nn.ModuleList([nn.Linear(2, 2), generator]) if joint else generator
-    torch.save({"string_to_token": {"z": torch.tensor(265)}, "placeholder_strings": ["z"], "do_zero_shot": True,
-                "string_to_subj_basis_generator_dict": {"z": stored}}, path)
-    for name in [n for n in sys.modules if n == prefix.split(".")[0] or n.startswith(prefix.split(".")[0] + ".")]:
-        monkeypatch.delitem(sys.modules, name)  # loading must not need the authors' code
+def _save_authors_checkpoint(path, monkeypatch, prefix, text, pad, joint=False) -> dict:
+    save_authors_checkpoint(path, prefix, text, pad, joint)
+    assert prefix not in sys.modules  # loading cannot import the authors' classes
     return {"prompt2token_proj.text_model." + k: v for k, v in text.state_dict().items()}
 
 
