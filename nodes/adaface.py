@@ -34,23 +34,22 @@ def _arc2face_choices() -> list[str]:
         candidates = [(ARC2FACE_FOLDER, root)]
         if os.path.isdir(root):
             candidates += [(name, os.path.join(root, name)) for name in sorted(os.listdir(root))]
-        for label, path in candidates:
-            if any(os.path.isfile(os.path.join(path, sub, f)) for sub in ("encoder", "")
-                   for f in ("model.safetensors", "pytorch_model.bin")):
-                found.append(label)
+        found += [label for label, path in candidates if _has_encoder(path)]
     return list(dict.fromkeys(found)) or [ARC2FACE_FOLDER]
 
 
+def _has_encoder(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, sub, f)) for sub in ("encoder", "")
+               for f in ("model.safetensors", "pytorch_model.bin"))
+
+
 def _arc2face_path(choice: str) -> str:
+    """The folder a dropdown choice stands for: a models/arc2face root itself, or a subfolder of one."""
     import folder_paths
 
     roots = folder_paths.get_folder_paths(ARC2FACE_FOLDER)
-    if choice == ARC2FACE_FOLDER:
-        return roots[0]
-    for root in roots:
-        if os.path.isdir(os.path.join(root, choice)) and os.path.basename(choice) == choice:
-            return os.path.join(root, choice)
-    return os.path.join(roots[0], os.path.basename(choice))  # the loader's error names what is missing there
+    candidates = roots if choice == ARC2FACE_FOLDER else [os.path.join(r, os.path.basename(choice)) for r in roots]
+    return next((c for c in candidates if _has_encoder(c)), candidates[0])  # else the loader names what is missing
 
 
 @functools.lru_cache(maxsize=2)

@@ -211,3 +211,43 @@ def test_stub_tree_walk_matches_state_dict(tmp_path):
     tensors = module_tensors(load_stubbed(tmp_path / "whole_module.pt"))
     assert set(tensors) == set(model.state_dict())
     assert all(torch.equal(tensors[k], v) for k, v in model.state_dict().items())
+
+
+def test_injection_places_the_16_vectors_where_the_word_stands():
+    from anybody.host.tiny import clip_tokenizer
+    from anybody.text.prompt import prompt_rows
+
+    tok = clip_tokenizer()
+    vectors = torch.randn(16, 768)
+    rows = prompt_rows("a <z> person", {"<z>": vectors}, lambda t: tok(t, add_special_tokens=False)["input_ids"],
+                       49406, 49407, 49407)
+    assert len(rows) == 77 and rows[0] == 49406 and rows[1] == tok("a", add_special_tokens=False)["input_ids"][0]
+    assert all(torch.equal(rows[2 + i], vectors[i]) for i in range(16))
+    assert rows[18] == tok("person", add_special_tokens=False)["input_ids"][0] and rows[19] == 49407
+
+
+def test_photos_become_an_sd1_identity_and_faceless_photos_are_named(tmp_path, encoder):
+    pytest.importorskip("insightface")
+    pytest.importorskip("onnx")
+    import numpy as np
+    from face_onnx import build_pack, paint_face
+
+    from anybody.face.models import load_face_models
+
+    build_pack(tmp_path)
+    faces = load_face_models("testpack", [tmp_path], "CPU")
+    photo = np.full((480, 640, 3), 120, np.uint8)
+    paint_face(photo, 320, 240, blue=128)
+    blank = np.full((480, 640, 3), 90, np.uint8)
+    identity, missing = adaface.adaface_identity(encoder, faces, [torch.from_numpy(photo).float() / 255,
+                                                                 torch.from_numpy(blank).float() / 255], "ada_face", 1.0)
+    assert missing == [1] and identity.family == "sd1" and identity.vectors["clip_l"].shape == (16, 768)
+    assert identity.metadata["anybody.faces"] == "1" and identity.method == "adaface"
+    path = identity.save(tmp_path / "ada_face.safetensors")
+    from anybody.identity import Identity
+
+    assert torch.equal(Identity.load(path).vectors["clip_l"], identity.vectors["clip_l"])
+    with pytest.raises(BadInputError, match="No face was found in the photo"):
+        adaface.adaface_identity(encoder, faces, [torch.from_numpy(blank).float() / 255], "x")
+    with pytest.raises(BadInputError, match="outside 0-10"):
+        adaface.adaface_identity(encoder, faces, [torch.from_numpy(photo).float() / 255], "x", 11.0)

@@ -589,3 +589,69 @@ def test_sd2_v_prediction_training_and_the_sigma_to_ddpm_conversion(comfy_env):
         v = host.predict(x_t, t, cond)
         raw_v = base.diffusion_model(x_t, t.float(), context=cond.context).float()
     torch.testing.assert_close(v, raw_v, atol=1e-4, rtol=1e-4)
+
+
+def test_adaface_graph_binds_a_face_the_stock_loader_reads_the_same(comfy_env):
+    pytest.importorskip("insightface")
+    import folder_paths
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from adaface_checkpoints import write_adaface_files
+    from face_onnx import build_pack, paint_face
+
+    base = comfy_env["base"]
+    write_adaface_files(base / "adamodels")
+    folder_paths.add_model_folder_path("adaface", str(base / "adamodels" / "adaface"))  # as extra_model_paths.yaml
+    folder_paths.add_model_folder_path("arc2face", str(base / "adamodels" / "arc2face"))
+    build_pack(base / "insightface", "adapack")
+    photo = np.full((480, 640, 3), 120, np.uint8)
+    paint_face(photo, 320, 240, blue=128)
+    Image.fromarray(photo).save(base / "input" / "ada_face.png")
+    nodes = comfy_env["nodes"].NODE_CLASS_MAPPINGS
+    ada_file = _pack_module("anybody.nets.adaface_files").ADAFACE_FILE
+    assert ada_file in nodes["AnybodyAdaFaceLoader"].INPUT_TYPES()["required"]["adaface"][0]
+    assert "arc2face" in nodes["AnybodyAdaFaceLoader"].INPUT_TYPES()["required"]["arc2face"][0]
+
+    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny15.safetensors"}},
+             "2": {"class_type": "LoadImage", "inputs": {"image": "ada_face.png"}},
+             "3": {"class_type": "AnybodyFaceModelLoader", "inputs": {"pack": "adapack", "provider": "CPU", "det_size": 640}},
+             "4": {"class_type": "AnybodyAdaFaceLoader", "inputs": {"adaface": ada_file, "arc2face": "arc2face"}},
+             "5": {"class_type": "AnybodyAdaFaceEncode", "inputs": {
+                 "clip": ["1", 1], "face_model": ["3", 0], "adaface": ["4", 0], "images": ["2", 0], "name": "adahost",
+                 "strength": 1.0, "save_embedding": True, "overwrite": False}},
+             "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["5", 0], "text": "a photo of <adahost> person"}},
+             "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+             "8": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["6", 0], "negative": ["6", 0],
+                                                       "latent_image": ["7", 0], "seed": 0, "steps": 1, "cfg": 1.0,
+                                                       "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
+             "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
+             "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "adaface"}}}
+    for _ in range(2):  # queued again: the saved embedding holds the same vectors, so it is kept, not an error
+        ex, errors = comfy_env["run"](graph)
+        assert ex.success, errors
+    text = ex.history_result["outputs"]["5"]["text"][-1]
+    assert "adahost (adaface, SD1.x, 16 vectors)" in text and "adahost.safetensors" in text
+    saved = folder_paths.get_folder_paths("embeddings")[0] + "/adahost.safetensors"
+    vectors = _pack_module("anybody.identity").Identity.load(saved).vectors["clip_l"]
+    assert vectors.shape == (16, 768)
+
+    # the returned CLIP's <adahost> equals the stock embedding:adahost of the saved file
+    model, clip, vae = _load_tiny(comfy_env)
+    with torch.inference_mode():
+        bound = nodes["AnybodyAdaFaceEncode"]().encode(
+            clip, nodes["AnybodyFaceModelLoader"]().load("adapack", "CPU", 640)[0],
+            nodes["AnybodyAdaFaceLoader"]().load(ada_file, "arc2face")[0],
+            torch.from_numpy(photo).float()[None] / 255, "adahost", 1.0, False, False)["result"][0]
+        ours = nodes["CLIPTextEncode"]().encode(bound, "a photo of <adahost> person")[0][0][0]
+        stock = nodes["CLIPTextEncode"]().encode(clip, "a photo of embedding:adahost person")[0][0][0]
+        plain = nodes["CLIPTextEncode"]().encode(clip, "a photo of adahost person")[0][0][0]
+    assert torch.allclose(ours, stock, atol=1e-5) and not torch.allclose(ours, plain, atol=1e-3)
+
+
+
+def test_adaface_refuses_an_sdxl_clip(comfy_env, sdxl_objects):
+    node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyAdaFaceEncode"]()
+    with pytest.raises(Exception, match="AdaFace makes SD1.x prompt vectors .* this CLIP is SDXL"):
+        node.encode(sdxl_objects[1], None, None, torch.zeros(1, 64, 64, 3), "x", 1.0, False, False)
