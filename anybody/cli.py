@@ -157,6 +157,26 @@ def cmd_align(args) -> int:
     return 0
 
 
+def cmd_adaface(args) -> int:
+    from .face.models import load_face_models
+    from .face.training_photos import describe_missing
+    from .images import image_files, load_images
+    from .methods.adaface import adaface_identity
+    from .nets.adaface_files import load_adaface
+
+    files = image_files(args.photos)
+    photos = load_images(files, max_side=2048)
+    faces = load_face_models(args.pack, [Path(args.models_root).expanduser()], args.provider)
+    encoder = load_adaface(args.adaface, args.arc2face)
+    identity, missing = adaface_identity(encoder, faces, photos, args.name, args.strength)
+    if missing:
+        print(describe_missing(missing, [f.name for f in files]), file=sys.stderr)
+    path = identity.save(Path(args.out) / "embeddings" / f"{identity.name}.safetensors", overwrite=args.overwrite)
+    print(f"{identity.describe()} -> {path}; A1111: write {identity.name}; ComfyUI: embedding:{identity.name} "
+          "(SD1.x checkpoints)")
+    return 0
+
+
 def _check_output_apart_from_input(source: Path, out: Path, files: list[Path], allowed: bool) -> None:
     """Crops never land on the photos they came from: an output folder that is, contains or is inside the input
     folder is refused unless asked for, and a crop that would replace an input file is refused always."""
@@ -222,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--output-inside-input", action="store_true",
                     help="allow an output folder that is or lies inside the input folder (input files are never replaced)")
     al.set_defaults(func=cmd_align)
+    ada = sub.add_parser("adaface", help="zero-shot: face photo(s) -> a 16-vector SD1.x embedding (AdaFace)")
+    ada.add_argument("photos", help="a folder of photos of one person, or one photo")
+    ada.add_argument("--name", required=True, help="identity name: writes <out>/embeddings/<name>.safetensors")
+    ada.add_argument("--adaface", required=True, help="AdaFace checkpoint (subjects-celebrity2024-05-16T17-22-46_"
+                                                      "zero3-ada-30000.pt from adaface-neurips/adaface)")
+    ada.add_argument("--arc2face", required=True, help="folder with Arc2Face's encoder/ (FoivosPar/Arc2Face)")
+    ada.add_argument("--strength", type=float, default=1.0, help="ID strength (1.0: as AdaFace makes them)")
+    ada.add_argument("--pack", default="antelopev2", help="insightface model pack (default antelopev2)")
+    ada.add_argument("--models-root", default="~/.insightface", help="folder holding models/<pack>/*.onnx")
+    ada.add_argument("--provider", default="auto", choices=["auto", "CPU", "CUDA"])
+    ada.add_argument("--out", default="anybody_out", help="output folder (default anybody_out)")
+    ada.add_argument("--overwrite", action="store_true", help="replace an embedding of that name")
+    ada.set_defaults(func=cmd_adaface)
     return parser
 
 

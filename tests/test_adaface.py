@@ -251,3 +251,29 @@ def test_photos_become_an_sd1_identity_and_faceless_photos_are_named(tmp_path, e
         adaface.adaface_identity(encoder, faces, [torch.from_numpy(blank).float() / 255], "x")
     with pytest.raises(BadInputError, match="outside 0-10"):
         adaface.adaface_identity(encoder, faces, [torch.from_numpy(photo).float() / 255], "x", 11.0)
+
+
+def test_cli_writes_the_embedding(tmp_path, capsys):
+    pytest.importorskip("insightface")
+    pytest.importorskip("onnx")
+    import numpy as np
+    from face_onnx import build_pack, paint_face
+    from PIL import Image
+
+    from adaface_checkpoints import write_adaface_files
+    from anybody.cli import main
+    from anybody.identity import Identity
+
+    write_adaface_files(tmp_path / "models")
+    build_pack(tmp_path / "insightface")
+    (tmp_path / "photos").mkdir()
+    photo = np.full((480, 640, 3), 120, np.uint8)
+    paint_face(photo, 320, 240, blue=128)
+    Image.fromarray(photo).save(tmp_path / "photos" / "me.png")
+    args = [str(tmp_path / "photos"), "--name", "me", "--adaface", str(tmp_path / "models" / "adaface" /
+            adaface_files.ADAFACE_FILE), "--arc2face", str(tmp_path / "models" / "arc2face"), "--pack", "testpack",
+            "--models-root", str(tmp_path / "insightface"), "--provider", "CPU", "--out", str(tmp_path / "out")]
+    assert main(["adaface", *args]) == 0
+    saved = Identity.load(tmp_path / "out" / "embeddings" / "me.safetensors")
+    assert saved.vectors["clip_l"].shape == (16, 768) and saved.method == "adaface"
+    assert main(["adaface", *args]) == 2 and "already exists" in capsys.readouterr().err
