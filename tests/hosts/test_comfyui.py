@@ -614,20 +614,16 @@ def test_adaface_graph_binds_a_face_the_stock_loader_reads_the_same(comfy_env):
     assert ada_file in nodes["AnybodyAdaFaceLoader"].INPUT_TYPES()["required"]["adaface"][0]
     assert "arc2face" in nodes["AnybodyAdaFaceLoader"].INPUT_TYPES()["required"]["arc2face"][0]
 
-    graph = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "tiny15.safetensors"}},
-             "2": {"class_type": "LoadImage", "inputs": {"image": "ada_face.png"}},
-             "3": {"class_type": "AnybodyFaceModelLoader", "inputs": {"pack": "adapack", "provider": "CPU", "det_size": 640}},
-             "4": {"class_type": "AnybodyAdaFaceLoader", "inputs": {"adaface": ada_file, "arc2face": "arc2face"}},
-             "5": {"class_type": "AnybodyAdaFaceEncode", "inputs": {
-                 "clip": ["1", 1], "face_model": ["3", 0], "adaface": ["4", 0], "images": ["2", 0], "name": "adahost",
-                 "strength": 1.0, "save_embedding": True, "overwrite": False}},
-             "6": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["5", 0], "text": "a photo of <adahost> person"}},
-             "7": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-             "8": {"class_type": "KSampler", "inputs": {"model": ["1", 0], "positive": ["6", 0], "negative": ["6", 0],
-                                                       "latent_image": ["7", 0], "seed": 0, "steps": 1, "cfg": 1.0,
-                                                       "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}},
-             "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
-             "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "adaface"}}}
+    import json
+
+    graph = json.loads((REPO / "example_workflows" / "adaface_face_to_prompt.api.json").read_text())  # the shipped twin
+    graph["1"]["inputs"]["ckpt_name"] = "tiny15.safetensors"
+    graph["2"]["inputs"]["image"] = "ada_face.png"
+    graph["3"]["inputs"].update(pack="adapack", provider="CPU")
+    graph["5"]["inputs"].update(name="adahost", save_embedding=True)
+    graph["6"]["inputs"]["text"] = "a photo of <adahost> person"
+    graph["8"]["inputs"].update(width=64, height=64)
+    graph["9"]["inputs"].update(steps=1)
     for _ in range(2):  # queued again: the saved embedding holds the same vectors, so it is kept, not an error
         ex, errors = comfy_env["run"](graph)
         assert ex.success, errors
