@@ -151,3 +151,10 @@ def _face_choices() -> None:
 
 
 _face_choices()
+
+#: AnybodyAdaFaceEncode's inputs (+ the loader's ``adaface``/``arc2face`` as names in the webui's models folders).
+#: ``save_embedding`` is on by default here: in the webui the embedding file is how a prompt reaches the face.
+ADAFACE_FIELDS: dict[str, Any] = {"images": None, "name": "adaface_face", "strength": 1.0, "save_embedding": True,
+                                  "overwrite": False, "face_model": "antelopev2",
+                                  "adaface": "subjects-celebrity2024-05-16T17-22-46_zero3-ada-30000.pt",
+                                  "arc2face": "arc2face"}

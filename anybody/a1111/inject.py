@@ -4,7 +4,8 @@ The vectors are registered as a temporary embedding in the webui's embedding dat
 folder (``process``) and removed again afterwards, so ``word`` works exactly like an embedding file's name:
 emphasis, long prompts and hires fix included. The binding is written into the infotext ("Anybody: word=file"),
 so PNG info and "send to txt2img" reproduce it. Over the API: ``"alwayson_scripts": {"anybody identity":
-{"args": [true, "alice.safetensors", "ohwx"]}}``.
+{"args": [true, "alice.safetensors", "ohwx"]}}``; a face photo instead of a file (AdaFace, no training):
+``"args": [true, "", "ohwx", "<base64 PNG/JPEG>", 1.0]``.
 """
 from __future__ import annotations
 
@@ -54,6 +55,37 @@ def binding(choice: str, word: str) -> tuple[Identity, str, str]:
     return identity, word, f"{word}={choice}@{digest}"
 
 
+def face_binding(face, word: str, strength: float):
+    """A face photo (PIL image from the page, base64 string over the API) -> an AdaFace identity bound to ``word``,
+    with the first installed face pack and the default AdaFace files (SD1.x only)."""
+    import numpy as np
+
+    from ..methods.adaface import adaface_identity
+    from . import fields, jobs
+
+    if isinstance(face, str):
+        image = fields.decode_image(face, "face photo")
+    else:
+        image = torch_image(face)
+    packs = jobs.face_packs(installed_only=True)
+    if not packs:
+        raise BadInputError("AdaFace needs an insightface pack in models/insightface/models/ (e.g. antelopev2).")
+    word = (word or "").strip() or "adaface_face"
+    if not _WORD.match(word):
+        raise BadInputError(f"The word {word!r} must be one token-like word (letters, digits, _ - . < >; no spaces).")
+    identity, _ = adaface_identity(jobs.adaface_encoder(fields.ADAFACE_FIELDS), jobs.face_models(packs[0]), [image],
+                                   word.strip("<>") or "adaface_face", strength)
+    digest = hashlib.sha256(np.ascontiguousarray((image * 255).round().byte().numpy()).tobytes()).hexdigest()[:8]
+    return identity, word, f"{word}=face:{digest}@{strength:g}"
+
+
+def torch_image(pil):
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.asarray(pil.convert("RGB"), dtype=np.uint8).copy()).float() / 255.0
+
+
 def parse_infotext(value: str) -> tuple[str, str]:
     """``word=file@hash`` -> (file, word)."""
     word, _, rest = value.partition("=")
@@ -94,23 +126,33 @@ def make_script_class():
                     refresh = ToolButton(value="\U0001f504", elem_id=self.elem_id("refresh"))
                     word = gr.Textbox(label="Word in the prompt", placeholder="empty: the identity's name",
                                       elem_id=self.elem_id("word"))
+                with gr.Row():
+                    face = gr.Image(label="...or a face photo (AdaFace, SD1.x, no training)", type="pil",
+                                    source="upload", elem_id=self.elem_id("face"))
+                    strength = gr.Slider(label="AdaFace strength", minimum=0.0, maximum=10.0, step=0.1, value=1.0,
+                                         elem_id=self.elem_id("strength"))
                 gr.HTML("<p>Write the word in the prompt where the person goes, e.g. <code>photo of ohwx, "
-                        "smiling</code>. Any Anybody embedding in the embeddings folder works.</p>")
+                        "smiling</code>. Any Anybody embedding in the embeddings folder works; a face photo, when "
+                        "given, is used instead.</p>")
             refresh.click(fn=lambda: gr.update(choices=identity_files()), inputs=[], outputs=[choice])
             self.infotext_fields = [
                 (enabled, lambda d: INFOTEXT_KEY in d),
-                (choice, lambda d: parse_infotext(d[INFOTEXT_KEY])[0] if INFOTEXT_KEY in d else gr.update()),
+                (choice, lambda d: parse_infotext(d[INFOTEXT_KEY])[0]
+                 if INFOTEXT_KEY in d and not parse_infotext(d[INFOTEXT_KEY])[0].startswith("face:") else gr.update()),
                 (word, lambda d: parse_infotext(d[INFOTEXT_KEY])[1] if INFOTEXT_KEY in d else gr.update()),
             ]
             self.paste_field_names = [INFOTEXT_KEY]
-            return [enabled, choice, word]
+            return [enabled, choice, word, face, strength]
 
-        def process(self, p, enabled=False, choice="", word="", *rest):
+        def process(self, p, enabled=False, choice="", word="", face=None, strength=1.0, *rest):
             unbind_all(shared.sd_model)  # a job that failed before postprocess left its word registered
-            if not enabled or not choice:
+            if not enabled or not (choice or face is not None):
                 return
             try:
-                identity, word, record = binding(choice, word)
+                if face is not None and face != "":
+                    identity, word, record = face_binding(face, word, float(strength))
+                else:
+                    identity, word, record = binding(choice, word)
                 identity.require_family(webui.model_family(shared.sd_model))
             except AnybodyError as exc:  # the webui swallows script errors: say it where the user looks
                 message = f"Anybody identity not applied: {exc}"

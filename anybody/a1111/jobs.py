@@ -15,7 +15,9 @@ from .. import __version__
 from ..errors import BadInputError
 from ..host import a1111 as webui
 from ..methods.cross_init import DEFAULT_NAMES, CrossInitConfig, default_resolution, train_cross_init, vector_stats
-from .fields import BUNDLED_NAMES
+from .fields import ADAFACE_FIELDS, BUNDLED_NAMES
+
+ADAFACE_DEFAULT = ADAFACE_FIELDS["adaface"]
 
 NAMES_FOLDER = "celebrity_names"
 
@@ -111,6 +113,75 @@ def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: C
             "family": identity.family, "vectors": identity.num_vectors, "steps": config.steps,
             "norm_min": round(stats["norm_min"], 4), "norm_max": round(stats["norm_max"], 4), "warnings": warnings,
             "seconds_per_step": None if reused else sink.seconds_per_step()}
+
+
+def _model_file(folder: str, name: str, what: str) -> Path:
+    """``models/<folder>/<name>`` of the webui; a name with a path in it is refused."""
+    from modules import paths
+
+    root = Path(paths.models_path) / folder
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise BadInputError(f"{what} {name!r} must be a name inside {root}, not a path.")
+    return root / name
+
+
+@functools.lru_cache(maxsize=2)
+def _adaface(path: str, arc2face: str, stamp: tuple):
+    from ..nets.adaface_files import load_adaface
+
+    return load_adaface(path, arc2face)
+
+
+def adaface_files() -> tuple[list[str], list[str]]:
+    """AdaFace checkpoints in models/adaface and Arc2Face folders in models/arc2face (the folder itself first)."""
+    from modules import paths
+
+    root = Path(paths.models_path)
+    checkpoints = sorted(p.name for p in (root / "adaface").glob("*") if p.suffix in (".pt", ".ckpt"))
+    folders = ["arc2face"] + sorted(p.name for p in (root / "arc2face").glob("*") if p.is_dir() and p.name != "encoder")
+    return checkpoints or [ADAFACE_DEFAULT], folders
+
+
+def adaface_encoder(fields: dict[str, Any]):
+    """AdaFace + Arc2Face from ``models/adaface`` and ``models/arc2face`` (the folder itself, or a subfolder)."""
+    from ..nets.adaface_files import ADAFACE_SOURCE
+    from ..errors import ModelFileError
+
+    path = _model_file("adaface", fields["adaface"], "adaface")
+    if not path.is_file():
+        raise ModelFileError(f"AdaFace checkpoint not found: {path}. Get {fields['adaface']} from {ADAFACE_SOURCE} "
+                             "and put it there.")
+    arc = path.parent.parent / "arc2face"
+    if fields["arc2face"] != "arc2face":
+        arc = _model_file("arc2face", fields["arc2face"], "arc2face")
+    return _adaface(str(path), str(arc), (path.stat().st_mtime_ns,))
+
+
+def adaface(images: Sequence[torch.Tensor], fields: dict[str, Any],
+            file_names: Sequence[str] | None = None) -> tuple[dict[str, Any], Any]:
+    """Face photos -> a 16-vector SD1.x identity (saved to the embeddings folder when asked)."""
+    from modules import shared
+
+    from ..face.training_photos import describe_missing
+    from ..methods.adaface import adaface_identity
+
+    family = webui.model_family(shared.sd_model)
+    if family != "sd1":
+        from ..errors import WrongModelFamilyError
+        from ..text.embedding_file import FAMILY_LABEL
+
+        raise WrongModelFamilyError(f"AdaFace makes SD1.x prompt vectors (CLIP-L, 768 wide); the loaded checkpoint is "
+                                    f"{FAMILY_LABEL[family]}. Select an SD1.5-family checkpoint for AdaFace.")
+    identity, missing = adaface_identity(adaface_encoder(fields), face_models(fields["face_model"]), list(images),
+                                         fields["name"], fields["strength"])
+    path = None
+    if fields["save_embedding"]:
+        path = identity.save(webui.embeddings_dir() / f"{identity.name}.safetensors", overwrite=fields["overwrite"])
+        webui.refresh_embeddings()
+    return ({"name": identity.name, "prompt_word": identity.name if path else None,
+             "path": str(path) if path else None, "vectors": identity.num_vectors, "family": identity.family,
+             "strength": fields["strength"],
+             "warnings": [describe_missing(missing, file_names)] if missing else []}, identity)
 
 
 def align(images: Sequence[torch.Tensor], fields: dict[str, Any], progress=None) -> tuple[dict[str, Any], list]:

@@ -132,4 +132,14 @@ def register(app) -> None:
             return {**result, "plot": fields.encode_png(plot)}
         return answer(run)
 
+    @router.post(f"{PREFIX}/adaface")
+    def anybody_adaface(body: dict = Body(...)):
+        """AdaFaceEncode: face photos -> a 16-vector SD1.x embedding in the embeddings folder (no training)."""
+        def run():
+            checked = fields.checked_fields(body, fields.ADAFACE_FIELDS, "adaface")
+            images = fields.decode_images(checked["images"])
+            with webui_job("anybody-adaface"):
+                return jobs.adaface(images, checked)[0]
+        return answer(run)
+
     app.include_router(router)

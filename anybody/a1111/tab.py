@@ -66,6 +66,23 @@ def train_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
     return "", out[1]
 
 
+def adaface_from_tab(files, name, strength, face_model, adaface_file, arc2face, save_embedding, overwrite):
+    def run():
+        from pathlib import Path
+
+        checked = fields.checked_fields({"name": name, "strength": float(strength), "face_model": face_model,
+                                         "adaface": adaface_file, "arc2face": arc2face,
+                                         "save_embedding": bool(save_embedding), "overwrite": bool(overwrite)},
+                                        fields.ADAFACE_FIELDS, "adaface")
+        result, identity = jobs.adaface(_photos(files, "photos"), checked,
+                                        file_names=[Path(getattr(f, "name", f)).name for f in files])
+        where = (f"saved to {result['path']}; write {result['prompt_word']} in a txt2img prompt" if result["path"]
+                 else "not saved (tick save_embedding to use it in prompts)")
+        return None, _message("\n".join([*result["warnings"], f"{identity.describe()}: {where}."]))
+
+    return "", _guarded(run)[1]
+
+
 def align_from_tab(files, face_model, template, face, index, if_no_face):
     def run():
         checked = fields.checked_fields({"face_model": face_model, "template": template, "face": face,
@@ -149,6 +166,35 @@ def build():
                                     save_every, preview_every, saved_progress, overwrite, names_file, checkpointing,
                                     face_model, crop_to_face],
                             outputs=[train_text, train_result])
+            with gr.Tab("AdaFace (no training)", elem_id=f"{ELEM}_adaface_tab"):
+                ada = fields.ADAFACE_FIELDS
+                checkpoints, arc_folders = jobs.adaface_files()
+                with gr.Row():
+                    with gr.Column():
+                        ada_photos = gr.File(label="Face photo(s) of one person", file_count="multiple",
+                                             file_types=["image"], elem_id=f"{ELEM}_adaface_photos")
+                        with gr.Row():
+                            ada_name = gr.Textbox(label="name", value=ada["name"], elem_id=f"{ELEM}_adaface_name")
+                            ada_strength = gr.Slider(label="strength", minimum=0.0, maximum=10.0, step=0.1,
+                                                     value=ada["strength"], elem_id=f"{ELEM}_adaface_strength",
+                                                     info="1.0: AdaFace's vectors as they are; higher pushes the identity")
+                        with gr.Row():
+                            ada_pack = gr.Dropdown(label="face_model", choices=packs,
+                                                   value=packs[0] if packs else None)
+                            ada_file = gr.Dropdown(label="adaface (models/adaface)", choices=checkpoints,
+                                                   value=checkpoints[0])
+                            ada_arc = gr.Dropdown(label="arc2face (models/arc2face)", choices=arc_folders,
+                                                  value=arc_folders[0])
+                        with gr.Row():
+                            ada_save = gr.Checkbox(label="save_embedding", value=ada["save_embedding"])
+                            ada_overwrite = gr.Checkbox(label="overwrite", value=False)
+                        ada_button = gr.Button("Encode", variant="primary", elem_id=f"{ELEM}_adaface")
+                    with gr.Column():
+                        ada_text = gr.Text(value="", show_label=False)
+                        ada_result = gr.HTML(value="", elem_id=f"{ELEM}_adaface_result")
+                ada_button.click(fn=wrap_gradio_gpu_call(adaface_from_tab, extra_outputs=[""]),
+                                 inputs=[ada_photos, ada_name, ada_strength, ada_pack, ada_file, ada_arc, ada_save,
+                                         ada_overwrite], outputs=[ada_text, ada_result])
             with gr.Tab("FaceAlign", elem_id=f"{ELEM}_align_tab"):
                 with gr.Row():
                     with gr.Column():

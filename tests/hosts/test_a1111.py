@@ -327,8 +327,10 @@ def test_tab_builds_in_the_page_with_its_controls(tmp_path_factory):
         ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
         labels = {c.get("props", {}).get("label") for c in config["components"]}
         assert {"anybody_train", "anybody_name", "anybody_train_photos", "anybody_align", "anybody_score",
-                "anybody_saved_progress", "anybody_train_gallery"} <= ids
-        assert {"Anybody identity", "Identity (embedding file)", "Word in the prompt"} <= labels  # the script, twice
+                "anybody_saved_progress", "anybody_train_gallery", "anybody_adaface", "anybody_adaface_photos",
+                "anybody_adaface_strength"} <= ids
+        assert {"Anybody identity", "Identity (embedding file)", "Word in the prompt", "AdaFace strength",
+                "...or a face photo (AdaFace, SD1.x, no training)"} <= labels  # the script, in txt2img and img2img
         assert not [line for line in server.tail(2000).splitlines() if "error" in line.lower() and "anybody" in line.lower()]
         page = urllib_get(server.url + "/")
         assert "javascript/anybody.js" in page or "anybody.js" in page
@@ -379,3 +381,32 @@ def test_medvram_is_refused_with_the_remedy(tmp_path_factory):
             (server.data / "outputs" / "anybody_training").iterdir())
     finally:
         server.stop()
+
+
+def test_adaface_route_tab_and_face_binding(webui):
+    pytest.importorskip("onnx")
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from a1111_harness import png_b64
+    from adaface_checkpoints import write_adaface_files
+    from face_onnx import build_pack
+
+    write_adaface_files(webui.data / "models")
+    build_pack(webui.data / "models" / "insightface", "adapack")
+    photo = png_b64(_painted_photo())
+    before, _ = txt2img(webui, "photo of adaroute person")
+    result = webui.post("/anybody/v1/adaface", {"images": [photo], "name": "adaroute", "face_model": "adapack"})
+    assert result["vectors"] == 16 and result["family"] == "sd1" and Path(result["path"]).is_file()
+    assert "adaroute" in webui.get("/sdapi/v1/embeddings")["loaded"]
+    assert txt2img(webui, "photo of adaroute person")[0] != before
+
+    plain, _ = txt2img(webui, "photo of ohwx person")
+    bound, info = txt2img(webui, "photo of ohwx person", {"anybody identity": {"args": [True, "", "ohwx", photo, 1.0]}})
+    assert bound != plain and 'Anybody: "ohwx=face:' in info["infotexts"][0], info["infotexts"][0]  # quoted: it has a colon
+    assert txt2img(webui, "photo of ohwx person")[0] == plain
+
+    for body, words in (({"strength": "x"}, "'strength' must be float"), ({"adaface": "../x.pt"}, "not a path"),
+                        ({"adaface": "missing.pt"}, "missing.pt"), ({"face_model": "nopack"}, "nopack")):
+        status, answer = webui.request("POST", "/anybody/v1/adaface", {"images": [photo], "name": "bad", **body})
+        assert status == 400 and words in answer["detail"], answer
