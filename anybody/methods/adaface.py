@@ -68,8 +68,10 @@ class AdaFaceEncoder:
         return self.arc2face.final_layer_norm(states[-1])[0, ROWS]
 
     @torch.no_grad()
-    def subject_vectors(self, id_prompt: torch.Tensor, length: int = 77) -> torch.Tensor:
-        """``prompt2token_proj`` of the ID prompt: 16 vectors in SD1.5's token-embedding space (§4.3)."""
+    def subject_vectors(self, id_prompt: torch.Tensor, length: int = len(COMMA_TEMPLATE)) -> torch.Tensor:
+        """``prompt2token_proj`` of the ID prompt: 16 vectors in SD1.5's token-embedding space (§4.3). The official
+        code pads the template to 77 tokens; attention is causal, so rows 4..19 are the same without the padding
+        (tested), at a quarter of the work."""
         rows = self.prompt2token.token_rows(padded(COMMA_TEMPLATE, length)).clone()
         rows[ROWS] = id_prompt.to(rows)
         states = self.prompt2token(rows[None])
