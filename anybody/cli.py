@@ -84,8 +84,14 @@ def cmd_train_cross_init(args) -> int:
         images = _check_faces(args, images, [f.name for f in files])
     host = load_checkpoint_host(args.checkpoint, out_dir=args.out, prediction=args.prediction,
                                 low_memory=args.low_memory, cpu_compute=_cpu_compute(args.compute))
+    init = None
+    if args.init_identity:
+        from .identity import Identity
+
+        init = Identity.load(args.init_identity)
     identity, path, _ = train_cross_init(host, images, args.name, _config(args), names_file=args.names,
-                                         resume=args.resume, overwrite=args.overwrite, restart=args.restart)
+                                         resume=args.resume, overwrite=args.overwrite, restart=args.restart,
+                                         init_identity=init)
     stats = {k: round(v, 3) for k, v in vector_stats(next(iter(identity.vectors.values()))).items()}
     print(f"{path}\n{identity.describe()} {stats}")
     return 0
@@ -222,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     ci.add_argument("--models-root", default="~/.insightface", help="folder holding models/<pack>/*.onnx")
     ci.add_argument("--crop-to-face", action="store_true",
                     help="with --face-pack: train on FFHQ-aligned face crops instead of the whole photos")
+    ci.add_argument("--init-identity", help="start from this embedding file's vectors (e.g. one from `anybody "
+                                            "adaface`) instead of the celebrity average")
     ci.add_argument("--prediction", choices=["eps", "v"], default=None,
                     help="v for v-prediction checkpoints such as SD2.x-768 (default: eps)")
     _add_train_options(ci)

@@ -87,13 +87,16 @@ class AnybodyCrossInitTrain:
                                                                  "detectable face (they still train the identity)"}),
                 "crop_to_face": ("BOOLEAN", {"default": False, "tooltip": "with face_model: train on FFHQ-aligned face "
                                                                           "crops instead of the whole photos"}),
+                "init_identity": ("ANYBODY_IDENTITY", {"tooltip": "start from this identity's vectors (e.g. "
+                                                                  "AdaFaceEncode's) instead of the celebrity average; "
+                                                                  "trains as many vectors as it has"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, model, clip, vae, images, name, preset, steps, lr, batch, grad_accum, resolution, seed,
               save_every, preview_every, saved_progress, overwrite, names_file=BUNDLED_NAMES, gradient_checkpointing=False,
-              face_model=None, crop_to_face=False, unique_id=None):
+              face_model=None, crop_to_face=False, init_identity=None, unique_id=None):
         from ..anybody.host.comfy import ComfyHost, clip_with_identity
 
         chosen = {"steps": steps} if preset == "custom" else {}
@@ -118,7 +121,8 @@ class AnybodyCrossInitTrain:
             raise BadInputError("crop_to_face needs a face_model (connect FaceModelLoader).")
         identity, path, reused = train_cross_init(host, photos, name, config, names_file=names_path,
                                                   resume=saved_progress == "resume",
-                                                  restart=saved_progress == "start over", overwrite=overwrite)
+                                                  restart=saved_progress == "start over", overwrite=overwrite,
+                                                  init_identity=init_identity)
         stats = vector_stats(next(iter(identity.vectors.values())))
         summary = (f"{identity.describe()} -> {path.name}" + (" (already trained with these photos and settings: "
                    "loaded, not retrained)" if reused else "") + f"; write <{identity.name}> or embedding:{identity.name}"

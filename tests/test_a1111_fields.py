@@ -41,7 +41,7 @@ def test_fields_are_the_nodes_inputs_with_the_nodes_defaults(monkeypatch):
     assert set(fields.CROSS_INIT_FIELDS) == set(inputs) - {"model", "clip", "vae"}
     for name, default in fields.CROSS_INIT_FIELDS.items():
         options = inputs[name][1] if len(inputs[name]) > 1 else {}
-        if name not in ("images", "names_file", "face_model"):  # photos, a list name and a pack name in the webui
+        if name not in ("images", "names_file", "face_model", "init_identity"):  # objects in ComfyUI, names in the webui
             assert options.get("default") == default, name
 
 

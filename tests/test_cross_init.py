@@ -412,3 +412,22 @@ def test_a_model_that_ignores_the_trained_vectors_is_an_error_not_a_silent_no_op
     with pytest.raises(NoGradientError, match="No gradient reaches the identity vectors.*sage"):
         ci.train_cross_init(host, faces, "nograd", FAST)
     assert not (host.embeddings_dir() / "nograd.safetensors").exists()
+
+
+def test_an_identity_can_seed_training(host, faces):
+    from anybody.errors import WrongModelFamilyError
+    from anybody.identity import Identity
+
+    width = host.encoders["clip_l"].width
+    start = torch.randn(16, width, generator=torch.Generator().manual_seed(5)) * 0.3
+    seed = Identity("seedface", "sd1", {"clip_l": start}, "adaface")
+    one_step = replace(FAST, steps=1, lr=1e-4)
+    seeded, _, _ = ci.train_cross_init(host, faces, "seeded", one_step, init_identity=seed)
+    assert seeded.vectors["clip_l"].shape == (16, width)
+    assert (seeded.vectors["clip_l"] - start).abs().max() < 1e-3  # one small step away from the seed
+    assert any("starting from the identity 'seedface' (adaface, 16 vectors)" in m for m in host.sink.logs)
+    with pytest.raises(FileExistsAnybodyError):  # the same name without the seed is another result
+        ci.train_cross_init(host, faces, "seeded", one_step)
+    xl = Identity("xl", "sdxl", {"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)}, "adaface")
+    with pytest.raises(WrongModelFamilyError):
+        ci.train_cross_init(host, faces, "xlseed", one_step, init_identity=xl)

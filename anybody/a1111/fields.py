@@ -20,13 +20,14 @@ BUNDLED_NAMES = "bundled"
 SAVED_PROGRESS = ("resume", "start over")
 
 #: AnybodyCrossInitTrain's inputs (less MODEL/CLIP/VAE, which are the webui's loaded model) and their defaults;
-#: ``face_model`` is the name of an insightface pack in models/insightface ("" = none).
+#: ``face_model`` is the name of an insightface pack in models/insightface ("" = none), ``init_identity`` an
+#: embedding file in the embeddings folder ("" = the celebrity average).
 CROSS_INIT_FIELDS: dict[str, Any] = {
     "images": None, "name": "my_face", "preset": "paper-320", "steps": _PAPER.steps, "lr": _PAPER.lr,
     "batch": _PAPER.batch, "grad_accum": _PAPER.grad_accum, "resolution": 0, "seed": _PAPER.seed,
     "save_every": _PAPER.save_every, "preview_every": _PAPER.preview_every, "saved_progress": "resume",
     "overwrite": False, "names_file": BUNDLED_NAMES, "gradient_checkpointing": False, "face_model": "",
-    "crop_to_face": False,
+    "crop_to_face": False, "init_identity": "",
 }
 CHOICES = {"preset": (*PRESETS, "custom"), "saved_progress": SAVED_PROGRESS}
 

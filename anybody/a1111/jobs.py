@@ -102,11 +102,17 @@ def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: C
             photos = face_crops(models, photos, fields["resolution"] or default_resolution(host))
     elif fields["crop_to_face"]:
         raise BadInputError("crop_to_face needs face_model (the insightface pack that finds the faces, e.g. antelopev2).")
+    init = None
+    if fields["init_identity"]:
+        from ..identity import Identity
+        from .inject import resolve
+
+        init = Identity.load(resolve(fields["init_identity"]))
     identity, path, reused = train_cross_init(host, photos, fields["name"], config,
                                               names_file=names_path(fields["names_file"]),
                                               resume=fields["saved_progress"] == "resume",
                                               restart=fields["saved_progress"] == "start over",
-                                              overwrite=fields["overwrite"])
+                                              overwrite=fields["overwrite"], init_identity=init)
     webui.refresh_embeddings()
     stats = vector_stats(next(iter(identity.vectors.values())))
     return {"name": identity.name, "prompt_word": identity.name, "path": str(path), "reused": reused,

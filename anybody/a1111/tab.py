@@ -153,6 +153,11 @@ def build():
                             checkpointing = gr.Checkbox(label="gradient_checkpointing", value=False)
                             face_model = gr.Dropdown(label="face_model", choices=["none", *packs], value="none")
                             crop_to_face = gr.Checkbox(label="crop_to_face", value=False)
+                            from .inject import identity_files
+
+                            init_identity = gr.Dropdown(label="init_identity (start from an embedding, e.g. AdaFace's)",
+                                                        choices=["", *identity_files()], value="",
+                                                        elem_id=f"{ELEM}_init_identity")
                         task_id = gr.Textbox(visible=False, elem_id=f"{ELEM}_task_id")
                         train = gr.Button("Train", variant="primary", elem_id=f"{ELEM}_train")
                     with gr.Column(elem_id=f"{ELEM}_train_output_column"):
@@ -164,7 +169,7 @@ def build():
                             _js="anybody_start_training",
                             inputs=[task_id, photos, name, preset, steps, lr, batch, grad_accum, resolution, seed,
                                     save_every, preview_every, saved_progress, overwrite, names_file, checkpointing,
-                                    face_model, crop_to_face],
+                                    face_model, crop_to_face, init_identity],
                             outputs=[train_text, train_result])
             with gr.Tab("AdaFace (no training)", elem_id=f"{ELEM}_adaface_tab"):
                 ada = fields.ADAFACE_FIELDS

@@ -215,21 +215,32 @@ def check_settings(name: str, config: CrossInitConfig, names_file: str | Path | 
 
 def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = CrossInitConfig(),
                      names_file: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-                     restart: bool = False) -> TrainedIdentity:
+                     restart: bool = False, init_identity: Identity | None = None) -> TrainedIdentity:
     """Train an identity on ``host`` from face photos and write ``<name>.safetensors`` into its embeddings folder.
 
     Run again with the same photos, settings and checkpoint (a re-queued graph), it loads that file instead of
     training again. ``config.resolution`` 0 means the family's own (SD1.x 512, SD2-768-v 768, SDXL 1024).
     Progress saved by a stopped run is never discarded silently: ``resume`` continues it, ``restart`` deletes it,
     neither is an error that says which to choose.
+
+    ``init_identity`` (beyond the paper; e.g. an AdaFace identity): start from its vectors instead of the
+    celebrity-mean initialisation, with as many vectors as it has; the regulariser then keeps training near them.
     """
     name, names = check_settings(name, config, names_file)
+    init_digest = None
+    if init_identity is not None:
+        init_identity.require_family(host.family)
+        config = replace(config, num_vectors=init_identity.num_vectors)
+        init_digest = hashlib.sha256(b"".join(v.float().numpy().tobytes() for _, v in
+                                              sorted(init_identity.vectors.items()))).hexdigest()[:16]
     if config.resolution == 0:
         config = replace(config, resolution=default_resolution(host))
     pixels = square_batch(images, config.resolution, config.center_crop)
     target = host.embeddings_dir() / f"{name}.safetensors"
     run_config = {**asdict(config), "method": "cross_init", "family": host.family, "images": images_digest(pixels),
                   "names": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]}
+    if init_digest:
+        run_config["init_identity"] = init_digest
     key = result_key(run_config, host.fingerprint())
     reused = _reusable(target, key)
     if reused is not None:
@@ -265,7 +276,8 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
             init = {}
             for k, enc in host.encoders.items():
                 host.sink.check_cancel()
-                init[k] = cross_init_vectors(enc, names, config.num_vectors)
+                init[k] = (init_identity.vectors[k].float().clone() if init_identity is not None
+                           else cross_init_vectors(enc, names, config.num_vectors))
             theta = {k: v.clone().to(host.device).requires_grad_(True) for k, v in init.items()}
             optimizer = torch.optim.AdamW(list(theta.values()), lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
                                           weight_decay=config.weight_decay)
@@ -276,7 +288,9 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
             host.sink.log(f"Cross-Init '{name}': {len(pixels)} photo(s) at {config.resolution} px, {config.steps} "
                           f"steps, lr {config.lr}, batch {config.batch}x{config.grad_accum}, computing in "
                           f"{str(host.compute_dtype).replace('torch.', '')}" + (" with loss scaling" if scale else "")
-                          + (f", resuming at step {start}" if start else ""))
+                          + (f", resuming at step {start}" if start else "")
+                          + (f", starting from the identity '{init_identity.name}' ({init_identity.method}, "
+                             f"{init_identity.num_vectors} vectors)" if init_identity is not None else ""))
 
             loss_fn = cross_init_loss(host, theta, init, mean, std, templates, word, config)
             trainer = Trainer(theta, optimizer, loss_fn, host.sink, config.steps, config.seed, config.grad_accum,
