@@ -277,3 +277,26 @@ def test_cli_writes_the_embedding(tmp_path, capsys):
     saved = Identity.load(tmp_path / "out" / "embeddings" / "me.safetensors")
     assert saved.vectors["clip_l"].shape == (16, 768) and saved.method == "adaface"
     assert main(["adaface", *args]) == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_the_face_models_see_bgr_as_insightface_expects(tmp_path, monkeypatch):
+    pytest.importorskip("insightface")
+    pytest.importorskip("onnx")
+    import numpy as np
+    from face_onnx import build_pack, paint_face
+
+    from anybody.face.models import load_face_models
+
+    build_pack(tmp_path)
+    faces = load_face_models("testpack", [tmp_path], "CPU")
+    photo = np.zeros((480, 640, 3), np.uint8)
+    photo[...] = (150, 60, 90)  # R, G, B differ everywhere
+    paint_face(photo, 320, 240, blue=128)
+    seen = {}
+    detect, get_feat = faces.detector.detect, faces.recognizer.get_feat
+    monkeypatch.setattr(faces.detector, "detect", lambda img, **k: (seen.setdefault("det", img.copy()), detect(img, **k))[1])
+    monkeypatch.setattr(faces.recognizer, "get_feat", lambda crops: (seen.setdefault("rec", [c.copy() for c in crops]),
+                                                                      get_feat(crops))[1])
+    adaface.face_id_vector(faces, [torch.from_numpy(photo).float() / 255])
+    assert tuple(seen["det"][0, 0]) == (90, 60, 150) and tuple(seen["det"][245, 325]) == (128, 0, 255)
+    assert tuple(seen["rec"][0][0, 0]) == (90, 60, 150)  # the aligned crop's background, in BGR too
