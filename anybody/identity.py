@@ -41,6 +41,22 @@ class Identity:
         meta = {"anybody.method": self.method, "anybody.name": self.name, **self.metadata}
         return save_embedding(path, self.vectors, self.family, meta, overwrite=overwrite)
 
+    def save_or_keep(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write the embedding; a file that already holds exactly these vectors is kept (a graph or request run
+        again), a file with other vectors needs ``overwrite``."""
+        from .errors import AnybodyError
+
+        path = Path(path)
+        if path.is_file() and not overwrite:
+            try:
+                existing = Identity.load(path)
+                if existing.vectors.keys() == self.vectors.keys() and all(
+                        torch.equal(existing.vectors[k], self.vectors[k].float()) for k in self.vectors):
+                    return path
+            except AnybodyError:
+                pass
+        return self.save(path, overwrite=overwrite)
+
     @classmethod
     def load(cls, path: str | Path, name: str | None = None) -> "Identity":
         vectors, family, meta = load_embedding(path)

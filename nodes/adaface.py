@@ -52,6 +52,15 @@ def _arc2face_path(choice: str) -> str:
     return next((c for c in candidates if _has_encoder(c)), candidates[0])  # else the loader names what is missing
 
 
+def _stamp(*paths: str) -> tuple:
+    """Size and mtime of every file the loader reads: a replaced file of either kind loads again."""
+    files = []
+    for path in paths:
+        files += [os.path.join(root, f) for root, _, names in os.walk(path) for f in names] if os.path.isdir(path) else [path]
+    return tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in sorted(files) if os.path.isfile(f)
+                 and not f.endswith(".anybody.safetensors"))
+
+
 @functools.lru_cache(maxsize=2)
 def _load(adaface_path: str, arc2face_path: str, stamp: tuple):
     from ..anybody.nets.adaface_files import load_adaface
@@ -91,7 +100,7 @@ class AnybodyAdaFaceLoader:
             raise ModelFileError(f"AdaFace checkpoint {adaface!r} not found in "
                                  f"{folder_paths.get_folder_paths(ADAFACE_FOLDER)}. Get it from {ADAFACE_SOURCE}.")
         arc_path = _arc2face_path(arc2face)
-        stamp = tuple(os.stat(p).st_mtime_ns for p in (path,) if os.path.exists(p))
+        stamp = _stamp(path, arc_path)
         encoder = _load(path, arc_path, stamp)
         logging.info("[Anybody] AdaFace loaded: %s + Arc2Face %s (attention copies per layer %s)", adaface, arc_path,
                      encoder.prompt2token.shape.kv_copies)
@@ -150,26 +159,8 @@ class AnybodyAdaFaceEncode:
         path = ""
         if save_embedding:
             target = os.path.join(folder_paths.get_folder_paths("embeddings")[0], f"{identity.name}.safetensors")
-            path = str(_save(identity, target, overwrite))
+            path = str(identity.save_or_keep(target, overwrite))
         messages.append(f"{identity.describe()}: write <{identity.name}> or embedding:{identity.name} in the prompt"
                         + (f"; saved {os.path.basename(path)}" if path else ""))
         return {"ui": {"text": messages}, "result": (clip_with_identity(clip, identity), identity, path)}
 
-
-def _save(identity, target: str, overwrite: bool):
-    """Write the embedding; a file that already holds exactly these vectors is kept (a re-queued graph), a file
-    with other vectors needs ``overwrite``."""
-    import torch
-
-    from ..anybody.errors import AnybodyError
-    from ..anybody.identity import Identity
-
-    if os.path.exists(target) and not overwrite:
-        try:
-            existing = Identity.load(target)
-            if existing.vectors.keys() == identity.vectors.keys() and all(
-                    torch.equal(existing.vectors[k], identity.vectors[k].float()) for k in identity.vectors):
-                return target
-        except AnybodyError:
-            pass
-    return identity.save(target, overwrite=overwrite)

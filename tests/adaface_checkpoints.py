@@ -72,7 +72,7 @@ def save_authors_checkpoint(path: Path, prefix: str, text: ClipTextTransformer, 
         generator.prompt2token_proj_attention_multipliers = [2] * 12  # unreliable by design: shapes decide
         stored = nn.ModuleList([nn.Linear(2, 2), generator]) if joint else generator
         torch.save({"string_to_token": {"z": torch.tensor(265)}, "placeholder_strings": ["z"], "do_zero_shot": True,
-                    "string_to_subj_basis_generator_dict": {"z": stored}}, path)
+                    "string_to_subj_basis_generator_dict": nn.ModuleDict({"z": stored})}, path)  # as EmbeddingManager
         for layer, cls in zip(text.encoder.layers, originals):
             layer.self_attn.__class__ = cls
 

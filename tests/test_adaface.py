@@ -300,3 +300,69 @@ def test_the_face_models_see_bgr_as_insightface_expects(tmp_path, monkeypatch):
     adaface.face_id_vector(faces, [torch.from_numpy(photo).float() / 255])
     assert tuple(seen["det"][0, 0]) == (90, 60, 150) and tuple(seen["det"][245, 325]) == (128, 0, 255)
     assert tuple(seen["rec"][0][0, 0]) == (90, 60, 150)  # the aligned crop's background, in BGR too
+
+
+def test_widened_attention_matches_the_written_formula_with_distinct_copies():
+    """Copy m of token t uses k/v rows [m*768:(m+1)*768]; all copies of a token share the causal mask and one softmax."""
+    from anybody.nets.clip_text import MultiKVAttention
+
+    torch.manual_seed(0)
+    width, heads, copies, t = 128, 2, 3, 7
+    attn = MultiKVAttention(width, heads, copies).eval()
+    x = torch.randn(1, t, width)
+    with torch.no_grad():
+        q = attn.q_proj(x)[0].view(t, heads, -1)
+        k = attn.k_proj(x)[0].view(t, copies, heads, -1)  # token, copy, head, dim
+        v = attn.v_proj(x)[0].view(t, copies, heads, -1)
+        logits = torch.einsum("shd,tmhd->hstm", q, k) / (width // heads) ** 0.5
+        future = torch.arange(t)[None, :] > torch.arange(t)[:, None]  # [s, t]
+        logits = logits.masked_fill(future[None, :, :, None], float("-inf"))
+        p = logits.reshape(heads, t, t * copies).softmax(-1).reshape(heads, t, t, copies)
+        out = attn.out_proj(torch.einsum("hstm,tmhd->shd", p, v).reshape(t, width))
+        torch.testing.assert_close(attn(x)[0], out, atol=1e-5, rtol=1e-5)
+
+
+def test_crafted_files_cannot_allocate_decompress_or_loop(tmp_path):
+    import functools
+    import zipfile
+
+    class Grab:
+        def __reduce__(self):
+            return (torch.UntypedStorage, (10**11,))  # 100 GB if it were called
+
+    torch.save({"x": Grab()}, tmp_path / "grab.pt")
+    from anybody.nets.pickle_stubs import Stub
+
+    assert isinstance(load_stubbed(tmp_path / "grab.pt")["x"], Stub)  # named, never called: nothing allocated
+
+    torch.save({"w": torch.ones(1000)}, tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "plain.pt") as src, zipfile.ZipFile(tmp_path / "deflated.pt", "w",
+                                                                         zipfile.ZIP_DEFLATED) as dst:
+        for item in src.infolist():
+            dst.writestr(item.filename, src.read(item.filename))
+    with pytest.raises(ModelFileError, match="not what torch.save writes"):
+        load_stubbed(tmp_path / "deflated.pt")
+
+    loop = nn.Module()
+    loop.weight = nn.Parameter(torch.ones(2))
+    loop._modules["again"] = loop
+    torch.save(loop, tmp_path / "loop.pt")
+    assert set(module_tensors(load_stubbed(tmp_path / "loop.pt"))) == {"weight"}
+
+    ordinary = {"hook": functools.partial(torch.add, other=1), "method": torch.Tensor.detach, "w": torch.ones(3)}
+    torch.save(ordinary, tmp_path / "ordinary.pt")
+    assert torch.equal(load_stubbed(tmp_path / "ordinary.pt")["w"], torch.ones(3))  # inert stubs, not refusals
+
+
+def test_cache_follows_the_content_of_the_source(tmp_path, monkeypatch):
+    text = _clip(width=64, layers=2, vocab=100)
+    path = tmp_path / "ada.pt"
+    save_authors_checkpoint(path, "ldm.modules.subj_basis_generator", text, torch.randn(77, 64))
+    first = adaface_files.subject_generator_tensors(path)
+    other = _clip(width=64, layers=2, vocab=100, seed=9)
+    stat = path.stat()
+    save_authors_checkpoint(path, "ldm.modules.subj_basis_generator", other, torch.randn(77, 64))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size and mtime, other content
+    second = adaface_files.subject_generator_tensors(path)
+    key = "prompt2token_proj.text_model.embeddings.token_embedding.weight"
+    assert not torch.equal(first[key], second[key]) and torch.equal(second[key], other.embeddings.token_embedding.weight)

@@ -136,7 +136,8 @@ def make_script_class():
                         "given, is used instead.</p>")
             refresh.click(fn=lambda: gr.update(choices=identity_files()), inputs=[], outputs=[choice])
             self.infotext_fields = [
-                (enabled, lambda d: INFOTEXT_KEY in d),
+                # a face photo cannot come back from the infotext: only file bindings switch the script on
+                (enabled, lambda d: INFOTEXT_KEY in d and not parse_infotext(d[INFOTEXT_KEY])[0].startswith("face:")),
                 (choice, lambda d: parse_infotext(d[INFOTEXT_KEY])[0]
                  if INFOTEXT_KEY in d and not parse_infotext(d[INFOTEXT_KEY])[0].startswith("face:") else gr.update()),
                 (word, lambda d: parse_infotext(d[INFOTEXT_KEY])[1] if INFOTEXT_KEY in d else gr.update()),

@@ -160,7 +160,8 @@ def adaface_encoder(fields: dict[str, Any]):
     arc = path.parent.parent / "arc2face"
     if fields["arc2face"] != "arc2face":
         arc = _model_file("arc2face", fields["arc2face"], "arc2face")
-    return _adaface(str(path), str(arc), (path.stat().st_mtime_ns,))
+    files = [path, *sorted(p for p in arc.rglob("*") if p.is_file())]
+    return _adaface(str(path), str(arc), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
 
 
 def adaface(images: Sequence[torch.Tensor], fields: dict[str, Any],
@@ -182,7 +183,8 @@ def adaface(images: Sequence[torch.Tensor], fields: dict[str, Any],
                                          fields["name"], fields["strength"])
     path = None
     if fields["save_embedding"]:
-        path = identity.save(webui.embeddings_dir() / f"{identity.name}.safetensors", overwrite=fields["overwrite"])
+        path = identity.save_or_keep(webui.embeddings_dir() / f"{identity.name}.safetensors",
+                                     overwrite=fields["overwrite"])
         webui.refresh_embeddings()
     return ({"name": identity.name, "prompt_word": identity.name if path else None,
              "path": str(path) if path else None, "vectors": identity.num_vectors, "family": identity.family,

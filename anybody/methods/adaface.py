@@ -9,6 +9,7 @@ encodes them where the prompt names the identity.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,7 @@ class AdaFaceEncoder:
     prompt2token: ClipTextTransformer
     layer_weights: torch.Tensor | None
     pad_embeddings: torch.Tensor | None  # [16, 768] the generator cached in training; the strength blends towards it
+    pad_source: str = "stored"
 
     @torch.no_grad()
     def id_prompt(self, id_vec: torch.Tensor, length: int = ARC2FACE_LENGTH) -> torch.Tensor:
@@ -125,6 +127,8 @@ def adaface_identity(encoder: AdaFaceEncoder, face_models, images, name: str,
                             "authors' demo starts at 4).")
     vec, missing = face_id_vector(face_models, images)
     vectors = encoder.encode(vec, strength)
+    recognizer = getattr(getattr(face_models, "recognizer", None), "model_file", None)
     metadata = {"anybody.strength": str(strength), "anybody.faces": str(len(images) - len(missing)),
+                "anybody.pad": encoder.pad_source, "anybody.recognizer": Path(recognizer).name if recognizer else "?",
                 "anybody.note": "AdaFace 2024 (Arc2Face encoder), zero-shot"}
     return Identity(name, "sd1", {"clip_l": vectors}, "adaface", metadata), missing

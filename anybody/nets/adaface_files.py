@@ -15,9 +15,9 @@ import torch
 
 from ..errors import ModelFileError
 from ..files import atomic_write
-from ..methods.adaface import NUM_VECTORS, ROWS, AdaFaceEncoder
+from ..methods.adaface import EOS, NUM_VECTORS, ROWS, AdaFaceEncoder
 from .clip_text import ClipTextTransformer
-from .pickle_stubs import Stub, load_stubbed, module_tensors
+from .pickle_stubs import Stub, attribute, load_stubbed, module_tensors
 from .weights import read_state_dict
 
 ADAFACE_FILE = "subjects-celebrity2024-05-16T17-22-46_zero3-ada-30000.pt"
@@ -49,22 +49,27 @@ def subject_generator_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ModelFileError(f"AdaFace checkpoint not found: {path}. Get {ADAFACE_FILE} from {ADAFACE_SOURCE}.")
     stat, cache = path.stat(), cache_path(path)
-    sha = None
+    # ctime too: copies that keep mtime (cp -p, rsync -a) cannot keep it, so other content under the same size and
+    # mtime is hashed, not trusted
+    stamp = {"source_size": str(stat.st_size), "source_mtime_ns": str(stat.st_mtime_ns),
+             "source_ctime_ns": str(stat.st_ctime_ns), "source_inode": str(stat.st_ino)}
+    sha, tensors = None, None
     if cache.is_file():
         try:
             with safe_open(str(cache), framework="pt") as f:
                 meta = f.metadata() or {}
-                same = meta.get("source_size") == str(stat.st_size) and meta.get("source_mtime_ns") == str(stat.st_mtime_ns)
-                if not same and meta.get("source_size") == str(stat.st_size):
-                    sha = _sha256(path)  # touched or copied: the content decides
-                    same = meta.get("source_sha256") == sha
+                same = all(meta.get(k) == v for k, v in stamp.items())
+                if not same and meta.get("source_size") == stamp["source_size"]:
+                    sha = _sha256(path)  # touched, copied or replaced: the content decides
+                    if meta.get("source_sha256") == sha:
+                        tensors = {k: f.get_tensor(k) for k in f.keys()}  # same content: re-stamp below
                 if same:
                     return {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:  # a damaged cache is rebuilt, not trusted
             log.warning("[Anybody] ignoring the unreadable AdaFace cache %s (%s)", cache, exc)
-    tensors = _from_pickle(path)
-    meta = {"source_size": str(stat.st_size), "source_mtime_ns": str(stat.st_mtime_ns),
-            "source_sha256": sha or _sha256(path), "source_name": path.name}
+    if tensors is None:
+        tensors = _from_pickle(path)
+    meta = {**stamp, "source_sha256": sha or _sha256(path), "source_name": path.name}
     try:
         atomic_write(cache, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta),
                      overwrite=True)
@@ -76,6 +81,8 @@ def subject_generator_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 def _from_pickle(path: Path) -> dict[str, torch.Tensor]:
     checkpoint = load_stubbed(path)
     generators = checkpoint.get("string_to_subj_basis_generator_dict") if isinstance(checkpoint, dict) else None
+    if isinstance(generators, Stub):  # the authors' EmbeddingManager saves an nn.ModuleDict
+        generators = attribute(generators, "_modules", {})
     if not isinstance(generators, dict) or "z" not in generators:
         raise ModelFileError(f"{path.name} has no subject generator ('string_to_subj_basis_generator_dict' -> 'z'): "
                              f"not an AdaFace checkpoint. Expected {ADAFACE_FILE} from {ADAFACE_SOURCE}.")
@@ -120,6 +127,11 @@ def load_adaface(adaface_path: str | Path, arc2face_folder: str | Path) -> AdaFa
         pad = pad.reshape(-1, pad.shape[-1])
         if len(pad) not in (77, NUM_VECTORS) or pad.shape[-1] != 768:
             raise ModelFileError(f"pad_embeddings has shape {tuple(pad.shape)}; expected [77, 768].")
-        pad = pad[ROWS] if len(pad) == 77 else pad
+        pad, source = (pad[ROWS] if len(pad) == 77 else pad), "stored"
+    else:  # as the 2024 wrapper does without one: the EOS row plus the position rows of prompt2token_proj
+        with torch.no_grad():
+            emb = prompt2token.embeddings
+            pad = emb.token_embedding.weight[EOS] + emb.position_embedding.weight[ROWS]
+        source = "prompt2token EOS + positions"
     return AdaFaceEncoder(arc2face, prompt2token, weights.float() if weights is not None else None,
-                          pad.float() if pad is not None else None)
+                          pad.float().clone(), pad_source=source)
