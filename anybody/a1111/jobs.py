@@ -219,7 +219,7 @@ def identity_score(images: Sequence[torch.Tensor], references: Sequence[torch.Te
 def info() -> dict[str, Any]:
     """Version, the loaded model's family and which capabilities and model files are present. Never loads a
     checkpoint (the webui loads one on first use of ``shared.sd_model``)."""
-    from modules import sd_models
+    from modules import paths, sd_models
 
     family, problem, checkpoint = None, None, None
     if webui.is_forge():
@@ -235,15 +235,18 @@ def info() -> dict[str, Any]:
             except Exception as exc:  # an unsupported model: say which
                 problem = str(exc)
     packs = face_packs(installed_only=True)
+    checkpoints, arc_folders = adaface_files()
+    have_adaface = any((Path(paths.models_path) / "adaface" / c).is_file() for c in checkpoints)
     return {
         "version": __version__,
         "host": "forge" if webui.is_forge() else "a1111",
         "model": {"family": family, "checkpoint": checkpoint, "problem": problem},
         "embeddings_dir": str(webui.embeddings_dir()),
         "capabilities": {"cross_init": family is not None, "align": bool(packs), "identity_score": bool(packs),
-                         "inject": family is not None},
+                         "inject": family is not None, "adaface": family == "sd1" and bool(packs) and have_adaface},
         "model_files": {"insightface_packs": packs, "insightface_folders": webui.face_model_roots(),
-                        "celebrity_names": name_lists()},
+                        "celebrity_names": name_lists(), "adaface": checkpoints if have_adaface else [],
+                        "arc2face": arc_folders},
         "onnxruntime": _importable("onnxruntime"), "insightface": _importable("insightface"),
     }
 

@@ -395,6 +395,9 @@ def test_adaface_route_tab_and_face_binding(webui):
     write_adaface_files(webui.data / "models")
     build_pack(webui.data / "models" / "insightface", "adapack")
     photo = png_b64(_painted_photo())
+    info = webui.get("/anybody/v1/info")
+    assert info["capabilities"]["adaface"] and info["model_files"]["adaface"] == [
+        "subjects-celebrity2024-05-16T17-22-46_zero3-ada-30000.pt"], info
     before, _ = txt2img(webui, "photo of adaroute person")
     result = webui.post("/anybody/v1/adaface", {"images": [photo], "name": "adaroute", "face_model": "adapack"})
     assert result["vectors"] == 16 and result["family"] == "sd1" and Path(result["path"]).is_file()
