@@ -298,7 +298,9 @@ def test_the_face_models_see_bgr_as_insightface_expects(tmp_path, monkeypatch):
     monkeypatch.setattr(faces.recognizer, "get_feat", lambda crops: (seen.setdefault("rec", [c.copy() for c in crops]),
                                                                       get_feat(crops))[1])
     adaface.face_id_vector(faces, [torch.from_numpy(photo).float() / 255])
-    assert tuple(seen["det"][0, 0]) == (90, 60, 150) and tuple(seen["det"][245, 325]) == (128, 0, 255)
+    det = seen["det"]  # AdaFace's view: padded to a square, 512 px, nearest (spec §4.1); black bars above and below
+    assert det.shape == (512, 512, 3) and tuple(det[10, 10]) == (0, 0, 0)
+    assert tuple(det[100, 10]) == (90, 60, 150) and tuple(det[262, 262]) == (128, 0, 255)  # BGR
     assert tuple(seen["rec"][0][0, 0]) == (90, 60, 150)  # the aligned crop's background, in BGR too
 
 

@@ -94,6 +94,23 @@ def apply_strength(vectors: torch.Tensor, strength: float, pad: torch.Tensor | N
     return strength * vectors + (1.0 - strength) * pad.to(vectors)
 
 
+#: AdaFace's own preprocessing: the photo, padded to a square, at 512x512 (nearest) and detected at that size
+PREPROCESS_SIZE = 512
+
+
+def as_adaface_sees_it(rgb):
+    """Pad to a square (the 2025 code; the 2024 code stretched instead) and resize to 512 with nearest sampling,
+    as the authors prepared every photo for detection and recognition (spec §4.1)."""
+    import numpy as np
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    side = max(h, w)
+    square = np.zeros((side, side, 3), np.uint8)
+    square[(side - h) // 2:(side - h) // 2 + h, (side - w) // 2:(side - w) // 2 + w] = rgb
+    return np.asarray(Image.fromarray(square).resize((PREPROCESS_SIZE, PREPROCESS_SIZE), Image.NEAREST))
+
+
 def face_id_vector(face_models, images) -> tuple[torch.Tensor, list[int]]:
     """The unit ID vector of the largest face in each photo (photos without a face are skipped and returned)."""
     import numpy as np
@@ -103,8 +120,8 @@ def face_id_vector(face_models, images) -> tuple[torch.Tensor, list[int]]:
 
     embeddings, missing = [], []
     for i, image in enumerate(images):
-        rgb = to_uint8(image)
-        faces = detect_faces(face_models, rgb)
+        rgb = as_adaface_sees_it(to_uint8(image))
+        faces = detect_faces(face_models, rgb, sizes=(PREPROCESS_SIZE,))
         if not faces:
             missing.append(i)
             continue
