@@ -5,21 +5,16 @@ import functools
 import logging
 import os
 
+from .folders import register_model_folder
+
 ADAFACE_FOLDER, ARC2FACE_FOLDER = "adaface", "arc2face"
 ADAFACE_EXTENSIONS = {".pt", ".ckpt"}
 
 
 def _register_folders() -> None:
-    """models/adaface (the checkpoint) and models/arc2face (one folder per encoder), beside extra_model_paths."""
-    try:
-        import folder_paths
-    except ImportError:  # not inside ComfyUI
-        return
-    for name in (ADAFACE_FOLDER, ARC2FACE_FOLDER):
-        default = os.path.join(folder_paths.models_dir, name)
-        if default not in folder_paths.folder_names_and_paths.get(name, ([], set()))[0]:
-            folder_paths.add_model_folder_path(name, default)
-    folder_paths.folder_names_and_paths[ADAFACE_FOLDER][1].update(ADAFACE_EXTENSIONS)
+    """models/adaface (the checkpoint) and models/arc2face (one folder per encoder)."""
+    register_model_folder(ADAFACE_FOLDER, ADAFACE_EXTENSIONS)
+    register_model_folder(ARC2FACE_FOLDER)
 
 
 _register_folders()

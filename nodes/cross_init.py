@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from ..anybody.methods.cross_init import (DEFAULT_NAMES, PRESETS, CrossInitConfig, default_resolution, train_cross_init,
                                           vector_stats)
 from ..anybody.methods.cross_init import preset as make_config
+
+from .folders import register_model_folder
 
 _PAPER = CrossInitConfig()
 NAMES_FOLDER = "celebrity_names"  # models/celebrity_names/*.txt: e.g. the paper's own wiki_names_v2.txt
@@ -14,14 +15,7 @@ BUNDLED_NAMES = "bundled (1,180 names)"
 
 
 def _register_names_folder() -> None:
-    try:
-        import folder_paths
-    except ImportError:  # not inside ComfyUI
-        return
-    default = os.path.join(folder_paths.models_dir, NAMES_FOLDER)
-    if default not in folder_paths.folder_names_and_paths.get(NAMES_FOLDER, ([], set()))[0]:
-        folder_paths.add_model_folder_path(NAMES_FOLDER, default)
-    folder_paths.folder_names_and_paths[NAMES_FOLDER][1].add(".txt")
+    register_model_folder(NAMES_FOLDER, {".txt"})
 
 
 _register_names_folder()

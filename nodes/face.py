@@ -5,10 +5,11 @@ import functools
 import logging
 import os
 
+from ..anybody.face.detect import SELECT_MODES
 from ..anybody.face.models import PROVIDERS, list_packs
 from ..anybody.face.pipeline import NO_FACE
-from ..anybody.face.detect import SELECT_MODES
 from ..anybody.face.templates import TEMPLATES
+from .folders import register_model_folder
 
 FOLDER = "insightface"
 PARSING_FOLDER = "face_parsing"
@@ -16,18 +17,9 @@ PARSING_EXTENSIONS = {".pth", ".pt", ".safetensors"}
 
 
 def _register_folders() -> None:
-    """models/insightface and models/face_parsing as ComfyUI model folders, added to (never replacing) what
-    extra_model_paths.yaml set."""
-    try:
-        import folder_paths
-    except ImportError:  # not inside ComfyUI
-        return
-    for name in (FOLDER, PARSING_FOLDER):
-        default = os.path.join(folder_paths.models_dir, name)
-        if default not in folder_paths.folder_names_and_paths.get(name, ([], set()))[0]:
-            folder_paths.add_model_folder_path(name, default)
-    paths, extensions = folder_paths.folder_names_and_paths[PARSING_FOLDER]
-    extensions.update(PARSING_EXTENSIONS)
+    """models/insightface and models/face_parsing as ComfyUI model folders."""
+    register_model_folder(FOLDER)
+    register_model_folder(PARSING_FOLDER, PARSING_EXTENSIONS)
 
 
 def insightface_roots() -> list[str]:

@@ -18,13 +18,12 @@ from types import SimpleNamespace
 from typing import Iterator, Sequence
 
 import torch
-import torch.utils.checkpoint
 
 from ..errors import AnybodyError, TrainingCancelled, WrongModelFamilyError
 from ..text.embedding_file import FAMILY_ENCODERS
 from ..text.prompt import PromptRows
 from ..train.sink import ProgressSink
-from .base import Cond, Host, Injections, TextEncoder
+from .base import Cond, Host, Injections, TextEncoder, checkpointed
 
 
 def is_forge() -> bool:
@@ -81,13 +80,13 @@ class A1111Sink(ProgressSink):
         shared.state.textinfo = html.escape(message)  # the page shows it as HTML; file names come from uploads
 
 
-def _token_table(module: torch.nn.Module) -> torch.Tensor:
-    """The raw token table under the webui's ``EmbeddingsWithFixes`` wrapper."""
+def _token_embedding(module: torch.nn.Module) -> torch.nn.Module:
+    """The raw token-embedding layer under the webui's ``EmbeddingsWithFixes`` wrapper."""
     from modules import sd_hijack
 
     for m in module.modules():
         if isinstance(m, sd_hijack.EmbeddingsWithFixes):
-            return m.wrapped.weight
+            return m.wrapped
     raise WrongModelFamilyError("The webui's text encoder is not hijacked (no EmbeddingsWithFixes found); Anybody "
                                 "needs AUTOMATIC1111's own text-encoder path. Is this Forge or a modified webui?")
 
@@ -116,20 +115,21 @@ class A1111TextEncoder(TextEncoder):
     def __init__(self, key: str, wrapper) -> None:
         self.key, self.wrapper = key, wrapper
         self.bos, self.eos, self.pad = wrapper.id_start, wrapper.id_end, wrapper.id_pad
-        self.width = int(_token_table(wrapper.wrapped).shape[-1])
+        self.table = _token_embedding(wrapper.wrapped)  # found once: the module walk is not per prompt
+        self.width = int(self.table.weight.shape[-1])
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.wrapper.tokenize([text])[0])
 
     def token_rows(self, ids: Sequence[int]) -> torch.Tensor:
-        table = _token_table(self.wrapper.wrapped)
+        table = self.table.weight
         with torch.no_grad():
             return table[torch.as_tensor(list(ids), device=table.device)].float().cpu().clone()
 
     def encode_rows(self, batch: Sequence[PromptRows]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One 77-token chunk through the webui's ``process_tokens`` (clip skip, SD2 padding, the encoder's own
         layer choice), with the injected rows spliced in by the hijack's fixes."""
-        device = _token_table(self.wrapper.wrapped).device
+        device = self.table.weight.device
         laid_out = [_fixes_for(rows, device) for rows in batch]
         self.wrapper.hijack.fixes = [fixes for _, fixes in laid_out]
         z = self.wrapper.process_tokens([ids for ids, _ in laid_out], [[1.0] * len(ids) for ids, _ in laid_out])
@@ -398,15 +398,9 @@ class A1111Host(Host):
         from sgm.modules.attention import BasicTransformerBlock
         from sgm.modules.diffusionmodules.openaimodel import ResBlock
 
-        blocks = [m for m in self.sd_model.model.diffusion_model.modules()
-                  if isinstance(m, (ResBlock, BasicTransformerBlock))]
-        for block in blocks:
-            block.forward = _checkpointed(block.forward)
-        try:
+        with checkpointed([m for m in self.sd_model.model.diffusion_model.modules()
+                           if isinstance(m, (ResBlock, BasicTransformerBlock))]):
             yield
-        finally:
-            for block in blocks:
-                del block.forward
 
     def embeddings_dir(self) -> Path:
         return embeddings_dir()
@@ -415,12 +409,6 @@ class A1111Host(Host):
         from modules import paths
 
         return Path(paths.data_path) / "outputs" / "anybody_training"
-
-
-def _checkpointed(forward):
-    def run(*args, **kwargs):
-        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
-    return run
 
 
 def _contiguous_transformer_outputs(sd_model) -> list:

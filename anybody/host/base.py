@@ -55,6 +55,26 @@ class TextEncoder(ABC):
         return prompt_rows(prompt, injections, self.tokenize, self.bos, self.eos, self.pad)
 
 
+@contextlib.contextmanager
+def checkpointed(blocks: Sequence[torch.nn.Module]) -> Iterator[None]:
+    """Recompute each block's activations in the backward pass (non-reentrant ``torch.utils.checkpoint``), by an
+    instance-level ``forward`` removed afterwards. Hosts pick the blocks their UNet calls one by one."""
+    import torch.utils.checkpoint
+
+    def wrap(forward):
+        def run(*args, **kwargs):
+            return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
+        return run
+
+    for block in blocks:
+        block.forward = wrap(block.forward)
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.forward
+
+
 class Host(ABC):
     """What a method may ask of the host that loaded the checkpoint."""
 

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-import torch.utils.checkpoint
 
 from ..errors import WrongModelFamilyError
 from ..text.embedding_file import FAMILY_ENCODERS, FAMILY_LABEL
 from ..text.prompt import PromptRows
 from ..train.sink import ProgressSink
-from .base import Cond, Host, TextEncoder
+from .base import Cond, Host, TextEncoder, checkpointed
 
 _ENCODER_ATTRS = ("clip_l", "clip_h", "clip_g")
 
@@ -114,29 +113,13 @@ def _differentiable_clip(module: torch.nn.Module) -> Iterator[None]:
             del layer.forward
 
 
-def _checkpointed_forward(forward):
-    def run(*args, **kwargs):
-        return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
-    return run
-
-
-@contextlib.contextmanager
-def _checkpointed_blocks(unet: torch.nn.Module) -> Iterator[None]:
-    """Checkpoint every ResBlock and SpatialTransformer of the UNet, as instance attributes removed afterwards.
-
-    ComfyUI's UNet calls these layers one by one (``forward_timestep_embed``), so they are the units to wrap.
-    """
+def _checkpointed_blocks(unet: torch.nn.Module):
+    """Checkpoint every ResBlock and SpatialTransformer of the UNet: ComfyUI's UNet calls these layers one by one
+    (``forward_timestep_embed``), so they are the units to wrap."""
     from comfy.ldm.modules.attention import SpatialTransformer
     from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
-    blocks = [m for m in unet.modules() if isinstance(m, (ResBlock, SpatialTransformer))]
-    for block in blocks:
-        block.forward = _checkpointed_forward(block.forward)
-    try:
-        yield
-    finally:
-        for block in blocks:
-            del block.forward
+    return checkpointed([m for m in unet.modules() if isinstance(m, (ResBlock, SpatialTransformer))])
 
 
 def _get_attr(module: torch.nn.Module, dotted: str) -> torch.Tensor:
