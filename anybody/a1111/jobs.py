@@ -14,7 +14,8 @@ import torch
 from .. import __version__
 from ..errors import BadInputError
 from ..host import a1111 as webui
-from ..methods.cross_init import DEFAULT_NAMES, CrossInitConfig, default_resolution, train_cross_init, vector_stats
+from ..methods.cross_init import DEFAULT_NAMES, CrossInitConfig, train_cross_init, vector_stats
+from ..methods.runs import default_resolution
 from .fields import ADAFACE_FIELDS, BUNDLED_NAMES
 
 ADAFACE_DEFAULT = ADAFACE_FIELDS["adaface"]

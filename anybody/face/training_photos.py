@@ -34,3 +34,32 @@ def describe_missing(missing: Sequence[int], names: Sequence[str] | None = None)
     files = f" ({', '.join(names[i] for i in missing)})" if names else ""
     return (f"No face found in photo {which}{files}: it still trains the identity on whatever it shows. Remove it, "
             "or use a photo where the face is clearly visible.")
+
+
+def ffhq_faces(models: FaceModels, images: Sequence, size: int, labels: Sequence[str] | None = None,
+               log=None) -> list[torch.Tensor]:
+    """The largest face of each photo aligned to the FFHQ template scaled to ``size`` px (the crops Celeb Basis
+    and DiffusionRig train on), ``[S,S,3]`` float 0..1. A photo without a face is an error naming it; a photo with
+    several faces uses the largest, and says so through ``log``."""
+    import numpy as np
+
+    from ..errors import BadInputError
+    from .align import similarity_matrix, warp_to_crop
+    from .detect import select_face
+    from .templates import FFHQ_512, Template
+
+    tpl = Template(f"ffhq{size}", size, FFHQ_512 * (size / 512))
+    crops = []
+    for i, image in enumerate(images):
+        rgb = to_uint8(image)
+        faces = detect_faces(models, rgb)
+        label = f"photo {i + 1}" + (f" ({labels[i]})" if labels else "")
+        if not faces:
+            raise BadInputError(f"No face found in {label}. Each photo must show the person's face clearly; remove it "
+                                "or replace it.")
+        if len(faces) > 1 and log:
+            log(f"{label} shows {len(faces)} faces; the largest is used.")
+        face = select_face(faces, "largest")
+        crop = warp_to_crop(rgb, similarity_matrix(face.landmarks, tpl), size)
+        crops.append(torch.from_numpy(np.ascontiguousarray(crop)).float() / 255.0)
+    return crops

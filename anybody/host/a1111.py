@@ -121,6 +121,10 @@ class A1111TextEncoder(TextEncoder):
     def tokenize(self, text: str) -> list[int]:
         return list(self.wrapper.tokenize([text])[0])
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.table.weight.shape[0])
+
     def token_rows(self, ids: Sequence[int]) -> torch.Tensor:
         table = self.table.weight
         with torch.no_grad():

@@ -54,6 +54,24 @@ class TextEncoder(ABC):
     def rows(self, prompt: str, injections: Mapping[str, torch.Tensor]) -> PromptRows:
         return prompt_rows(prompt, injections, self.tokenize, self.bos, self.eos, self.pad)
 
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """Rows in the host token table."""
+
+    def table_digest(self) -> str:
+        """A digest of the whole token table, rounded to fp16 first so that an fp16 and an fp32 load of one
+        checkpoint agree. Token-space results (a Celeb Basis) are only valid on a table with this digest."""
+        import hashlib
+
+        cached = getattr(self, "_table_digest", None)
+        if cached is None:
+            digest, n = hashlib.sha256(), self.vocab_size
+            for start in range(0, n, 8192):
+                digest.update(self.token_rows(range(start, min(start + 8192, n))).half().numpy().tobytes())
+            cached = self._table_digest = digest.hexdigest()[:16]
+        return cached
+
 
 @contextlib.contextmanager
 def checkpointed(blocks: Sequence[torch.nn.Module]) -> Iterator[None]:

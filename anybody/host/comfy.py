@@ -22,6 +22,7 @@ import torch
 from ..errors import WrongModelFamilyError
 from ..text.embedding_file import FAMILY_ENCODERS, FAMILY_LABEL
 from ..text.prompt import PromptRows
+from ..train import diffusion
 from ..train.sink import ProgressSink
 from .base import Cond, Host, TextEncoder, checkpointed
 
@@ -76,6 +77,10 @@ class ComfyTextEncoder(TextEncoder):
     def _table(self) -> torch.Tensor:
         """The graph CLIP's token table (the training copy holds the same values)."""
         return getattr(self.host.clip.cond_stage_model, self.key).transformer.get_input_embeddings().weight
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._table().shape[0])
 
     def token_rows(self, ids: Sequence[int]) -> torch.Tensor:
         table = self._table()
@@ -382,7 +387,7 @@ class ComfyHost(Host):
         x0 = base.apply_model(x, sigma.view(-1), c_crossattn=cond.context.to(device), transformer_options=options,
                               **extra).float()
         eps = (x - x0) / sigma
-        return eps if self.prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * x0
+        return diffusion.target(self.prediction, x0, eps, a)
 
     def autocast(self):
         return contextlib.nullcontext()  # ComfyUI computes in the model's own dtype (loss scaling covers fp16)

@@ -34,6 +34,10 @@ class DiffusersTextEncoder(TextEncoder):
     def tokenize(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[0])
+
     def token_rows(self, ids: Sequence[int]) -> torch.Tensor:
         table = self.model.get_input_embeddings().weight
         return table[torch.as_tensor(list(ids), dtype=torch.long, device=table.device)].detach().float().cpu().clone()

@@ -7,11 +7,10 @@ them near that start. Only those vectors train; the host's token table and weigh
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,11 +21,14 @@ from ..files import ensure_writable_folder, safe_name
 from ..host.base import Host, TextEncoder
 from ..identity import Identity
 from ..images import square_batch
-from ..train.engine import StepResult, Trainer, is_out_of_memory, no_gradient, out_of_memory
+from ..train.diffusion import denoising_loss
+from ..train.engine import StepResult, Trainer, is_out_of_memory, out_of_memory
+from ..text.names import BUNDLED_NAMES, name_columns, names_digest, read_name_file
 from ..train.loss_scale import LossScale
-from ..train.state import RESUMABLE_CHANGES, TrainingState
+from .runs import RESULT_KEY, TrainedIdentity, default_resolution, images_digest, result_key, reusable
+from ..train.state import TrainingState
 
-DEFAULT_NAMES = asset_path("celebrity_names.txt")
+DEFAULT_NAMES = BUNDLED_NAMES
 TEMPLATES = asset_path("ti_templates.txt")
 
 
@@ -62,19 +64,9 @@ def preset(name: str, **overrides) -> CrossInitConfig:
 
 # --- cross initialization (spec §3) -------------------------------------------------------------------------
 
-def name_columns(encoder: TextEncoder, names: Sequence[str], n: int) -> list[list[int]]:
-    """Token ids per BPE position c < n over all names (duplicates count; positions, not words)."""
-    columns: list[list[int]] = [[] for _ in range(n)]
-    for name in names:
-        ids = encoder.tokenize(name)
-        for c in range(min(n, len(ids))):
-            columns[c].append(ids[c])
-    return columns
-
-
 def mean_name_rows(encoder: TextEncoder, names: Sequence[str], n: int) -> torch.Tensor:
     """``M [n, D]``: the mean raw token-table row of each column."""
-    columns = name_columns(encoder, names, n)
+    columns = name_columns(encoder.tokenize, names, n)
     empty = [c for c, col in enumerate(columns) if not col]
     if empty:
         raise BadInputError(f"No celebrity name is {empty[0] + 1} tokens long; use at most {empty[0]} "
@@ -99,48 +91,6 @@ def regulariser(theta: dict[str, torch.Tensor], init: dict[str, torch.Tensor], w
 
 # --- training ------------------------------------------------------------------------------------------------
 
-def images_digest(images: torch.Tensor) -> str:
-    return hashlib.sha256((images * 255).round().to(torch.uint8).cpu().numpy().tobytes()).hexdigest()[:16]
-
-
-#: the resolution each family was trained at (SD2.x v-prediction is the 768 model)
-FAMILY_RESOLUTION = {"sd1": 512, "sd2": 512, "sdxl": 1024}
-
-
-def default_resolution(host: Host) -> int:
-    if host.family == "sd2" and host.prediction == "v":
-        return 768
-    return FAMILY_RESOLUTION[host.family]
-
-
-class TrainedIdentity(NamedTuple):
-    identity: Identity
-    path: Path
-    reused: bool  # True when a file from the same settings, photos and checkpoint was loaded instead of training
-
-
-#: settings that do not change the trained vectors: those a resume may change, except the number of steps
-_NOT_IN_RESULT = tuple(k for k in RESUMABLE_CHANGES if k != "steps")
-RESULT_KEY = "anybody.result_key"
-
-
-def result_key(config: dict, fingerprint: str) -> str:
-    fixed = {k: v for k, v in config.items() if k not in _NOT_IN_RESULT}
-    blob = json.dumps({**fixed, "checkpoint": fingerprint}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _reusable(target: Path, key: str) -> Identity | None:
-    """The identity already in ``target`` when it was trained from exactly this key, else None."""
-    if not target.is_file():
-        return None
-    try:
-        identity = Identity.load(target)
-    except AnybodyError:
-        return None
-    return identity if identity.metadata.get(RESULT_KEY) == key else None
-
-
 def cross_init_loss(host: Host, theta: dict[str, torch.Tensor], init: dict[str, torch.Tensor], mean: torch.Tensor,
                     std: torch.Tensor, templates: Sequence[str], word: str, config: CrossInitConfig):
     """``loss_fn(generator) -> StepResult`` of one Cross-Init step (spec §4): the denoising loss of a batch of
@@ -149,7 +99,6 @@ def cross_init_loss(host: Host, theta: dict[str, torch.Tensor], init: dict[str, 
     ``mean``/``std``: the cached latent posterior of the photos followed by their mirror images.
     """
     mean, std = mean.to(host.device), std.to(host.device)
-    alphas = host.alphas_cumprod.float().to(host.device)
     n_img = len(mean) // 2
 
     def loss_fn(gen: torch.Generator) -> StepResult:
@@ -157,27 +106,13 @@ def cross_init_loss(host: Host, theta: dict[str, torch.Tensor], init: dict[str, 
         idx = idx + n_img * (torch.rand(config.batch, generator=gen) < config.flip_p).long()
         noise_z = torch.randn(mean[idx].shape, generator=gen).to(host.device)
         z0 = mean[idx] + std[idx] * noise_z
-        t = torch.randint(0, len(alphas), (config.batch,), generator=gen)
-        eps = torch.randn(z0.shape, generator=gen).to(host.device)
-        picks = torch.randint(len(templates), (config.batch,), generator=gen).tolist()
-        prompts = [templates[j].format(f"face of {word} person") for j in picks]
-        a = alphas[t.to(host.device)].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * z0 + (1 - a).sqrt() * eps
-        with host.autocast():
-            cond = host.encode_prompts(prompts, {word: theta})
-            pred = host.predict(x_t, t, cond).float()
-        if torch.is_grad_enabled() and not pred.requires_grad:
-            raise no_gradient("the identity vectors through the UNet")
-        target = eps if host.prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * z0
-        loss = F.mse_loss(pred, target) + regulariser(theta, init, config.reg_weight)
 
-        def preview() -> torch.Tensor:
-            with torch.no_grad():
-                p, x, aa = pred[:1].detach(), x_t[:1], a[:1]
-                x0 = (x - (1 - aa).sqrt() * p) / aa.sqrt() if host.prediction == "eps" else aa.sqrt() * x - (1 - aa).sqrt() * p
-                return host.preview_image(x0)[0]
+        def encode(gen: torch.Generator):
+            picks = torch.randint(len(templates), (config.batch,), generator=gen).tolist()
+            return host.encode_prompts([templates[j].format(f"face of {word} person") for j in picks], {word: theta})
 
-        return StepResult(loss, preview)
+        result = denoising_loss(host, z0, encode, gen)
+        return StepResult(result.loss + regulariser(theta, init, config.reg_weight), result.preview)
 
     return loss_fn
 
@@ -201,15 +136,7 @@ def check_settings(name: str, config: CrossInitConfig, names_file: str | Path | 
     if config.resolution != 0 and not (64 <= config.resolution <= 4096 and config.resolution % 64 == 0):
         raise BadInputError(f"resolution {config.resolution} must be a multiple of 64 from 64 to 4096 (0: the model's "
                             "own).")
-    names_path = Path(names_file) if names_file else DEFAULT_NAMES
-    if not names_path.is_file():
-        raise BadInputError(f"Celebrity name file not found: {names_path} (one name per line, UTF-8 text).")
-    try:
-        names = read_lines(names_path)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise BadInputError(f"{names_path} is not a UTF-8 text file of names, one per line ({exc}).") from exc
-    if not names:
-        raise BadInputError(f"{names_path} has no names in it (one name per line).")
+    names = read_name_file(names_file)
     return name, names
 
 
@@ -238,11 +165,11 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
     pixels = square_batch(images, config.resolution, config.center_crop)
     target = host.embeddings_dir() / f"{name}.safetensors"
     run_config = {**asdict(config), "method": "cross_init", "family": host.family, "images": images_digest(pixels),
-                  "names": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]}
+                  "names": names_digest(names)}
     if init_digest:
         run_config["init_identity"] = init_digest
     key = result_key(run_config, host.fingerprint())
-    reused = _reusable(target, key)
+    reused = reusable(target, key)
     if reused is not None:
         host.sink.log(f"'{name}' was already trained with these photos, settings and checkpoint: loaded {target}, "
                       "not retrained.")

@@ -49,6 +49,7 @@ class Trainer:
     state: TrainingState | None = None
     after_step: Optional[Callable[[], None]] = None
     loss_scale: LossScale | None = None  # set for fp16 hosts
+    buffers: Optional[Mapping[str, torch.Tensor]] = None  # updated by after_step (an EMA); saved with the state
     save_minutes: float = 5.0  # also save when this long has passed since the last save (0: steps only)
 
     def run(self, start_step: int = 0) -> list[float]:
@@ -133,7 +134,7 @@ class Trainer:
         extra = {"loss_scale": self.loss_scale.state()} if self.loss_scale is not None else {}
         try:
             with held_signals():
-                self.state.save(done, self.params, self.optimizer, extra)
+                self.state.save(done, self.params, self.optimizer, extra, self.buffers)
         except OSError as exc:  # full disk, file-size limit, permissions changed mid-run
             raise ProgressNotSavedError(
                 f"Could not save the progress of step {done} to {self.state.path} ({exc.strerror or exc}). The last "

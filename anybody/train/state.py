@@ -41,11 +41,13 @@ class TrainingState:
         return self.path.is_file()
 
     def save(self, step: int, params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-             extra: Mapping[str, object] | None = None) -> None:
+             extra: Mapping[str, object] | None = None, buffers: Mapping[str, torch.Tensor] | None = None) -> None:
+        """``buffers``: tensors a method updates outside the optimizer (an EMA), saved and restored with the rest."""
         from safetensors.torch import save_file
 
         opt = optimizer.state_dict()
         tensors = {f"param.{k}": v.detach().float().cpu().contiguous() for k, v in params.items()}
+        tensors.update({f"buffer.{k}": v.detach().float().cpu().contiguous() for k, v in (buffers or {}).items()})
         scalars: dict[str, dict[str, object]] = {}
         for pid, st in opt["state"].items():
             for key, value in st.items():
@@ -76,14 +78,17 @@ class TrainingState:
         """The step the saved progress reached (cheap: reads the file's header)."""
         return int(self._read(with_tensors=False)[0].get("step", 0))
 
-    def load(self, params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> int:
-        """Restore ``params`` in place and the optimizer; return the number of completed steps."""
+    def load(self, params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+             buffers: Mapping[str, torch.Tensor] | None = None) -> int:
+        """Restore ``params`` and ``buffers`` in place and the optimizer; return the number of completed steps."""
         meta, tensors = self._read()
         self._check_config(meta)
         try:
             with torch.no_grad():
                 for k, p in params.items():
                     p.copy_(tensors[f"param.{k}"].to(p))
+                for k, b in (buffers or {}).items():
+                    b.copy_(tensors[f"buffer.{k}"].to(b))
             state: dict[int, dict[str, object]] = {}
             for key, value in tensors.items():
                 if key.startswith("optim."):

@@ -1,0 +1,373 @@
+"""Celeb Basis (Yuan et al., NeurIPS 2023): a person as two coefficient vectors on a basis of celebrity names.
+
+Spec: shared/methods/celeb_basis.md. A frozen face recognizer's feature of an aligned photo goes through a small
+trainable map (one linear layer and a LeakyReLU per text encoder) to two unit coefficient vectors on the
+checkpoint's Celeb Basis (``celeb_space``); those give the two token vectors that stand for the placeholder word.
+Only the map trains, through the host's frozen text encoder and UNet. Each person keeps an EMA of their
+coefficients, and that EMA is what becomes their embedding file. Several people train jointly with one shared map.
+
+Beyond the paper: SD2.x (one basis of the 1024-wide table) and SDXL (a basis per text encoder and one head each on
+the shared face feature) are supported and marked experimental; neither was trained or evaluated by the authors.
+"""
+from __future__ import annotations
+
+import base64
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..assets import asset_path, read_lines
+from ..errors import AnybodyError, BadInputError, FileExistsAnybodyError
+from ..face.recognizer import FaceRecognizer
+from ..files import ensure_writable_folder, safe_name
+from ..host.base import Host
+from ..identity import Identity
+from ..text.names import names_digest, read_name_file
+from ..train.augment import color_jitter, paste_on_black
+from ..train.diffusion import denoising_loss
+from ..train.engine import StepResult, Trainer, is_out_of_memory, out_of_memory
+from ..train.loss_scale import LossScale
+from ..train.state import TrainingState
+from .celeb_space import N_COMPONENTS, N_TOKENS, ROW_MODES, CelebBasis, load_or_build, tensor_digest
+from .runs import RESULT_KEY, TrainedIdentity, default_resolution, images_digest, result_key, reusable
+
+TEMPLATES = asset_path("ti_templates.txt")
+FEATURE_DIM = 512
+#: the recognizer's input warp of the FFHQ-aligned crop (spec §5.1): output -> input, normalised coordinates
+FR_THETA = torch.tensor([[1.07695457, -0.03625215, -1.56352194 / 512],
+                         [0.03625215, 1.07695457, -5.32134629 / 512]], dtype=torch.float64)
+EXPERIMENTAL = {"sd2": "SD2.x is beyond the paper (trained and evaluated on SD1.4 only): experimental",
+                "sdxl": "SDXL (a basis and a head per text encoder) is beyond the paper: experimental"}
+
+
+@dataclass(frozen=True)
+class CelebBasisConfig:
+    """Defaults are the official recipe (spec §6): 400 steps per person, batch 2, AdamW lr 0.01 (5e-3 scaled by the
+    batch) wd 0.01, EMA 0.99, 512 basis directions per token position."""
+
+    steps: int = 400  # per person: a joint run of N people trains N x steps
+    lr: float = 0.01
+    batch: int = 2
+    weight_decay: float = 0.01
+    ema_decay: float = 0.99
+    components: int = N_COMPONENTS
+    rows: str = "as_built"
+    views: int = 64  # augmented views per person, encoded once before training
+    flip_p: float = 0.5
+    min_scale: float = 0.1
+    resolution: int = 0
+    seed: int = 23
+    save_every: int = 100
+    preview_every: int = 20
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class Person:
+    """One identity to learn: its file name and its aligned face crops (``[S,S,3]`` float 0..1)."""
+
+    name: str
+    faces: list[torch.Tensor]
+
+
+# --- the face branch (spec §5.1) -----------------------------------------------------------------------------
+
+def recognizer_view(crops: torch.Tensor) -> torch.Tensor:
+    """The 112x112 recognizer input of FFHQ-aligned crops ``[B,3,S,S]`` in [-1, 1]: the official fixed affine warp
+    (bilinear, zero padding, corners aligned) then a bilinear resize."""
+    theta = FR_THETA.to(crops).expand(len(crops), 2, 3)
+    grid = F.affine_grid(theta, list(crops.shape), align_corners=True)
+    warped = F.grid_sample(crops, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    return F.interpolate(warped, size=(112, 112), mode="bilinear", align_corners=True)
+
+
+@dataclass
+class TrainingViews:
+    """Augmented views of every person, prepared before the UNet loads: which person, the recognizer feature of
+    the (flipped, colour-jittered) crop, and the latent posterior of that crop pasted small onto black."""
+
+    owner: torch.Tensor  # [V] person index, views sorted by person
+    features: torch.Tensor  # [V, 512]
+    mean: torch.Tensor  # [V, C, h, w]
+    std: torch.Tensor
+
+
+def make_views(host: Host, people: Sequence[Person], recognizer: FaceRecognizer, config: CelebBasisConfig,
+               chunk: int = 8) -> TrainingViews:
+    """``config.views`` augmentations per person (spec §5.1, §5.3), drawn from the run's seed.
+
+    The official code augments and VAE-encodes on every step; encoding a fixed set up front keeps the VAE and the
+    recognizer out of memory while the UNet trains (as the latent cache of Cross-Init and ComfyUI's trainer do).
+    """
+    gen = torch.Generator().manual_seed(config.seed)
+    owners, features, means, stds = [], [], [], []
+    module = recognizer.module
+    if module is not None:
+        module.to(host.device)
+    try:
+        for person_index, person in enumerate(people):
+            for start in range(0, config.views, chunk):
+                host.sink.check_cancel()
+                crops, targets = [], []
+                for v in range(start, min(start + chunk, config.views)):
+                    crop = person.faces[v % len(person.faces)].permute(2, 0, 1).float()
+                    if torch.rand((), generator=gen) < config.flip_p:
+                        crop = crop.flip(2)
+                    crop = color_jitter(crop, gen)
+                    crops.append(crop)
+                    targets.append(paste_on_black(crop, gen, config.min_scale))
+                features.append(recognizer(recognizer_view(torch.stack(crops) * 2 - 1)))
+                mean, std = host.encode_images(torch.stack(targets).permute(0, 2, 3, 1))
+                means.append(mean.float().cpu())
+                stds.append(std.float().cpu())
+                owners += [person_index] * len(crops)
+    finally:
+        if module is not None:
+            module.to("cpu")
+    return TrainingViews(torch.tensor(owners), torch.cat(features), torch.cat(means), torch.cat(stds))
+
+
+# --- the coefficient map (spec §5.2) ---------------------------------------------------------------------------
+
+def new_heads(keys: Sequence[str], components: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """One linear head per text encoder: ``W [2K, 512] ~ N(0, 1)`` (no fan-in scaling, as the official code), b = 0."""
+    params = {}
+    for key in keys:
+        params[f"{key}.weight"] = torch.randn(N_TOKENS * components, FEATURE_DIM, generator=gen)
+        params[f"{key}.bias"] = torch.zeros(N_TOKENS * components)
+    return params
+
+
+def unit_coefficients(params, key: str, features: torch.Tensor) -> torch.Tensor:
+    """``alpha [B, 2, K]``: LeakyReLU(0.2) of the head, each K-chunk scaled to unit length."""
+    hidden = F.leaky_relu(F.linear(features, params[f"{key}.weight"], params[f"{key}.bias"]), 0.2)
+    hidden = hidden.view(len(features), N_TOKENS, -1)
+    return hidden / hidden.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def ema_update(ema: dict[str, torch.Tensor], who: torch.Tensor, alpha: dict[str, torch.Tensor], decay: float) -> None:
+    """``c_person <- decay * c_person + (1 - decay) * alpha``, once per sample, in batch order (spec §6)."""
+    for b, person in enumerate(who.tolist()):
+        for key, a in alpha.items():
+            ema[key][person].mul_(decay).add_(a[b].to(ema[key]), alpha=1 - decay)
+
+
+def celeb_basis_loss(host: Host, params: dict[str, torch.Tensor], basis: CelebBasis, views: TrainingViews,
+                     templates: Sequence[str], config: CelebBasisConfig, seen: dict):
+    """``loss_fn(generator) -> StepResult`` of one step: a batch of views (person uniform, then one of their
+    views), their coefficients -> token vectors -> template prompts "… face of <word> person" -> denoising loss.
+
+    ``seen`` collects each micro-batch's (persons, coefficients) for the EMA, keyed by the generator's seed so a
+    recomputed step (loss-scale overflow) replaces its entry instead of adding a second one.
+    """
+    device = host.device
+    features, mean, std = views.features.to(device), views.mean.to(device), views.std.to(device)
+    on_device = CelebBasis({k: v.to(device) for k, v in basis.tensors.items()}, basis.table_digests,
+                           basis.names_digest, basis.mode)
+    n_people = int(views.owner.max()) + 1
+    words = [f"<celeb_basis_sample_{b}>" for b in range(config.batch)]
+
+    def loss_fn(gen: torch.Generator) -> StepResult:
+        who = torch.randint(n_people, (config.batch,), generator=gen)
+        rows = who * config.views + torch.randint(config.views, (config.batch,), generator=gen)
+        rows_dev = rows.to(device)
+        z0 = mean[rows_dev] + std[rows_dev] * torch.randn(mean[rows_dev].shape, generator=gen).to(device)
+        alpha = {key: unit_coefficients(params, key, features[rows_dev]) for key in basis.tensors}
+        vectors = on_device.vectors(alpha)
+
+        def encode(gen: torch.Generator):
+            picks = torch.randint(len(templates), (config.batch,), generator=gen).tolist()
+            prompts = [templates[j].format(f"face of {words[b]} person") for b, j in enumerate(picks)]
+            return host.encode_prompts(prompts, {words[b]: {k: v[b] for k, v in vectors.items()}
+                                                 for b in range(config.batch)})
+
+        seen[gen.initial_seed()] = (who, {k: a.detach().float().cpu() for k, a in alpha.items()})
+        return denoising_loss(host, z0, encode, gen)
+
+    return loss_fn
+
+
+# --- the run ---------------------------------------------------------------------------------------------------
+
+def check_settings(names: Sequence[str], config: CelebBasisConfig,
+                   names_file: str | Path | None = None) -> tuple[list[str], list[str]]:
+    """Everything that can be wrong before a model loads. Returns the checked person names and the name list."""
+    if not names:
+        raise BadInputError("Give at least one name (one per person to learn).")
+    checked = [safe_name(n) for n in names]
+    if len(set(checked)) != len(checked):
+        raise BadInputError(f"The names {', '.join(checked)} repeat; each person needs a name of their own.")
+    if len(checked) > 10:
+        raise BadInputError(f"{len(checked)} people in one run; the method trains at most 10 jointly (its official "
+                            "runs use 1-10). Split them into several runs.")
+    for what, value, low, top in (("steps", config.steps, 1, 100_000), ("batch", config.batch, 1, 64),
+                                  ("views", config.views, 1, 4096), ("components", config.components, 1, 4096)):
+        if not low <= value <= top:
+            raise BadInputError(f"{what} {value} must be from {low} to {top} (paper: steps 400 per person, batch 2, "
+                                f"{N_COMPONENTS} components).")
+    if config.save_every < 0 or config.preview_every < 0:
+        raise BadInputError("save_every and preview_every must be 0 (off) or a positive number of steps.")
+    if not 0 < config.lr < 1e3:  # also NaN and inf
+        raise BadInputError(f"The learning rate {config.lr} is not usable; give a positive value below 1000 (the "
+                            f"paper's is {CelebBasisConfig.lr}).")
+    if not 0 <= config.ema_decay < 1:
+        raise BadInputError(f"ema_decay {config.ema_decay} must be in [0, 1) (paper: 0.99).")
+    if config.rows not in ROW_MODES:
+        raise BadInputError(f"Unknown basis row mode {config.rows!r}; choose one of {', '.join(ROW_MODES)}.")
+    if config.resolution != 0 and not (64 <= config.resolution <= 4096 and config.resolution % 64 == 0):
+        raise BadInputError(f"resolution {config.resolution} must be a multiple of 64 from 64 to 4096 (0: the model's "
+                            "own).")
+    return checked, read_name_file(names_file)
+
+
+def _coefficients_text(coefficients: torch.Tensor) -> str:
+    """``[2, K]`` fp32 as base64 of its little-endian bytes: exact, and a plain string for safetensors metadata."""
+    return base64.b64encode(coefficients.float().contiguous().numpy().astype("<f4").tobytes()).decode()
+
+
+def coefficients_from(metadata: dict, key: str) -> torch.Tensor:
+    """The saved EMA coefficients ``[2, K]`` of a Celeb Basis file, for checks and re-projection."""
+    raw = base64.b64decode(metadata[f"anybody.celeb_basis.{key}.coefficients"])
+    return torch.from_numpy(np.frombuffer(raw, dtype="<f4").copy()).view(N_TOKENS, -1)
+
+
+def recognizer_digest(recognizer: FaceRecognizer) -> str:
+    if recognizer.module is not None:
+        return tensor_digest(torch.cat([p.detach().float().flatten()[:4096] for p in recognizer.module.parameters()]))
+    return recognizer.name
+
+
+def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceRecognizer,
+                      config: CelebBasisConfig = CelebBasisConfig(), names_file: str | Path | None = None,
+                      resume: bool = False, overwrite: bool = False, restart: bool = False) -> list[TrainedIdentity]:
+    """Learn every person of ``people`` jointly on ``host``; write ``<name>.safetensors`` for each into its embeddings
+    folder (stock format: two vectors per text encoder).
+
+    The faces must be FFHQ-aligned crops (``face.training_photos.ffhq_faces``). Run again with the same faces,
+    settings and checkpoint (a re-queued graph), it loads the files instead of training. Progress of a stopped run
+    is continued with ``resume`` or discarded with ``restart``, never silently.
+    """
+    names, celeb_names = check_settings([p.name for p in people], config, names_file)
+    for person in people:
+        if not person.faces:
+            raise BadInputError(f"No face photos were given for '{person.name}'.")
+    if config.resolution == 0:
+        config = replace(config, resolution=default_resolution(host))
+    size = config.resolution
+    faces = [[_square(f, size) for f in person.faces] for person in people]
+    people = [Person(n, f) for n, f in zip(names, faces)]
+    targets = [host.embeddings_dir() / f"{n}.safetensors" for n in names]
+    run_config = {**asdict(config), "method": "celeb_basis", "family": host.family, "people": names,
+                  "images": [images_digest(torch.stack(f)) for f in faces], "names": names_digest(celeb_names),
+                  "recognizer": recognizer_digest(recognizer)}
+    key = result_key(run_config, host.fingerprint())
+    found = [reusable(t, key) for t in targets]
+    if all(identity is not None for identity in found):
+        host.sink.log(f"{', '.join(names)}: already trained with these photos, settings and checkpoint; loaded the "
+                      "saved files, not retrained.")
+        return [TrainedIdentity(i, t, True) for i, t in zip(found, targets)]
+    run_name = "celeb_basis." + "+".join(names)
+    state = TrainingState(host.state_dir(), run_name, run_config)
+    resuming = state.exists() and not restart
+    if resuming and not resume:
+        raise BadInputError(f"{', '.join(names)} have saved progress from a stopped run (step {state.saved_step()}, "
+                            f"in {state.path}). Continue it (node: saved_progress 'resume'; CLI: --resume) or "
+                            "discard it (node: 'start over'; CLI: --restart).")
+    if resuming:
+        state.check_resumable()
+    clashes = [t for t in targets if t.exists()]
+    if clashes and not (overwrite or resuming):
+        raise FileExistsAnybodyError(f"{', '.join(map(str, clashes))} already exist(s) from other photos, settings "
+                                     "or another checkpoint. Choose other names, or replace them (node: overwrite; "
+                                     "command line: --overwrite).")
+    if restart and state.exists():
+        state.clear()
+        host.sink.log(f"Discarded the saved progress of {', '.join(names)} (start over).")
+    for folder in (host.embeddings_dir(), host.state_dir()):
+        ensure_writable_folder(folder)
+    if host.family in EXPERIMENTAL:
+        host.sink.log(f"Warning: {EXPERIMENTAL[host.family]}.")
+
+    basis = load_or_build(host.encoders, celeb_names, host.state_dir() / "celeb_basis", config.components,
+                          config.rows, host.sink.log)
+    host.sink.check_cancel()
+    views = make_views(host, people, recognizer, config)
+    templates = read_lines(TEMPLATES)
+    total = config.steps * len(people)
+    try:
+        with host.training(config.batch * size * size, config.gradient_checkpointing):
+            gen = torch.Generator().manual_seed(config.seed)
+            params = {k: v.to(host.device).requires_grad_(True)
+                      for k, v in new_heads(list(basis.tensors), config.components, gen).items()}
+            shared_start = torch.randn(N_TOKENS, config.components, generator=gen)  # every EMA slot's start
+            ema = {k: shared_start.repeat(len(people), 1, 1) for k in basis.tensors}
+            optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
+                                          weight_decay=config.weight_decay)
+            start = state.load(params, optimizer, ema) if resuming else 0
+            scale = LossScale() if host.compute_dtype == torch.float16 else None
+            if scale is not None:
+                scale.restore(state.extra.get("loss_scale"))
+            host.sink.log(f"Celeb Basis {', '.join(names)}: {config.views} views each at {size} px, {total} steps, lr "
+                          f"{config.lr}, batch {config.batch}, recognizer {recognizer.describe()}, computing in "
+                          f"{str(host.compute_dtype).replace('torch.', '')}" + (" with loss scaling" if scale else "")
+                          + (f", resuming at step {start}" if start else ""))
+            seen: dict = {}
+
+            def update_ema() -> None:
+                for who, alpha in seen.values():
+                    ema_update(ema, who, alpha, config.ema_decay)
+                seen.clear()
+
+            loss_fn = celeb_basis_loss(host, params, basis, views, templates, config, seen)
+            trainer = Trainer(params, optimizer, loss_fn, host.sink, total, config.seed, 1, config.save_every,
+                              config.preview_every, state, after_step=update_ema, loss_scale=scale, buffers=ema)
+            trainer.run(start)
+    except BaseException as exc:
+        if not isinstance(exc, AnybodyError) and is_out_of_memory(exc):
+            raise out_of_memory("while preparing training") from exc
+        raise
+    results = []
+    for index, (name, target) in enumerate(zip(names, targets)):
+        coefficients = {k: ema[k][index] for k in basis.tensors}
+        identity = Identity(name, host.family, basis.vectors(coefficients), "celeb_basis", {
+            **basis.metadata(), RESULT_KEY: key, "anybody.steps": str(total), "anybody.lr": str(config.lr),
+            "anybody.seed": str(config.seed), "anybody.resolution": str(size), "anybody.source_images":
+            run_config["images"][index], "anybody.recognizer": recognizer.describe(),
+            "anybody.celeb_basis.people": ",".join(names), "anybody.note": EXPERIMENTAL.get(host.family, "Celeb Basis"),
+            **{f"anybody.celeb_basis.{k}.coefficients": _coefficients_text(c) for k, c in coefficients.items()}})
+        try:
+            path = identity.save(target, overwrite=True)  # checked above: absent, resumed or overwrite asked for
+        except OSError as exc:
+            raise AnybodyError(f"Training finished but {target} could not be written ({exc.strerror or exc}). The "
+                               f"progress is saved in {state.path}: free space or fix the folder, then run again with "
+                               "the same settings to write the files without retraining (ComfyUI: saved_progress "
+                               "'resume'; command line: --resume).") from exc
+        results.append(TrainedIdentity(identity, path, False))
+    state.clear()
+    host.sink.log(f"Saved {', '.join(str(r.path) for r in results)} — write <name> (or embedding:name in ComfyUI) "
+                  "in a prompt, e.g. 'a photo of <name> person'.")
+    return results
+
+
+def _square(face: torch.Tensor, size: int) -> torch.Tensor:
+    """An aligned crop at exactly ``size`` px (the aligner makes them square already; this only resizes)."""
+    if face.dim() != 3 or face.shape[-1] != 3:
+        raise BadInputError(f"A face crop has shape {tuple(face.shape)}; expected [height, width, 3].")
+    if face.shape[0] != face.shape[1]:
+        raise BadInputError(f"A face crop is {face.shape[1]}x{face.shape[0]}; Celeb Basis trains on square "
+                            "FFHQ-aligned crops (align the photos first).")
+    if face.shape[0] == size:
+        return face.float()
+    chw = face.permute(2, 0, 1)[None].float()
+    return F.interpolate(chw, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[0].permute(1, 2, 0)
+
+
+def stored_vectors_match(identity: Identity, basis: CelebBasis, atol: float = 1e-6) -> bool:
+    """Whether a saved identity's vectors are ``mu + c @ B`` of the coefficients it records (spec §11 check 7)."""
+    recomputed = basis.vectors({k: coefficients_from(identity.metadata, k) for k in basis.tensors})
+    return all(torch.allclose(recomputed[k], identity.vectors[k], atol=atol) for k in basis.tensors)
+

@@ -1,0 +1,57 @@
+"""The DDPM formulas every method trains with, written once: noising, the eps/v target, and x0 from a prediction.
+
+``a`` is ᾱ_t (``alphas_cumprod`` at the step's timesteps) shaped ``[B, 1, 1, 1]``. eps-prediction targets the
+noise; v-prediction (SD2.x-768) targets ``v = √ᾱ·eps − √(1−ᾱ)·x0`` (Salimans & Ho 2022).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .engine import StepResult, no_gradient
+
+
+def noisy(z0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``x_t = √ᾱ·z0 + √(1−ᾱ)·eps``."""
+    return a.sqrt() * z0 + (1 - a).sqrt() * eps
+
+
+def target(prediction: str, z0: torch.Tensor, eps: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """What the UNet should output: eps, or v."""
+    return eps if prediction == "eps" else a.sqrt() * eps - (1 - a).sqrt() * z0
+
+
+def x0_from(prediction: str, x_t: torch.Tensor, pred: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The clean latent implied by the UNet's output (for previews)."""
+    if prediction == "eps":
+        return (x_t - (1 - a).sqrt() * pred) / a.sqrt()
+    return a.sqrt() * x_t - (1 - a).sqrt() * pred
+
+
+def denoising_loss(host, z0: torch.Tensor, encode: Callable[[torch.Generator], object],
+                   gen: torch.Generator) -> StepResult:
+    """The plain diffusion loss of one batch: ``t ~ U{0..T-1}``, ``eps ~ N(0, I)``, MSE of the host UNet's output
+    against its target, with a lazy preview of the first sample's predicted x0.
+
+    ``encode(gen)`` returns the batch's conditioning (a host ``Cond``); it runs under the host's autocast after
+    ``t`` and ``eps`` are drawn, so it may draw further randomness (prompt templates) from ``gen``.
+    """
+    alphas = host.alphas_cumprod.float()
+    t = torch.randint(0, len(alphas), (len(z0),), generator=gen)
+    eps = torch.randn(z0.shape, generator=gen).to(host.device)
+    a = alphas[t].to(host.device).view(-1, 1, 1, 1)
+    x_t = noisy(z0, eps, a)
+    with host.autocast():
+        cond = encode(gen)
+        pred = host.predict(x_t, t, cond).float()
+    if torch.is_grad_enabled() and not pred.requires_grad:
+        raise no_gradient("the identity vectors through the UNet")
+    loss = F.mse_loss(pred, target(host.prediction, z0, eps, a))
+
+    def preview() -> torch.Tensor:
+        with torch.no_grad():
+            return host.preview_image(x0_from(host.prediction, x_t[:1], pred[:1].detach(), a[:1]))[0]
+
+    return StepResult(loss, preview)
