@@ -37,7 +37,9 @@ def _rotate_hue(image: torch.Tensor, shift: float) -> torch.Tensor:
 
 def color_jitter(image: torch.Tensor, gen: torch.Generator, brightness: float = 0.2, contrast: float = 0.2,
                  saturation: float = 0.2, hue: float = 0.01) -> torch.Tensor:
-    """torchvision ``ColorJitter(brightness, contrast, saturation, hue)`` on one image, with ``gen``'s randomness."""
+    """torchvision ``ColorJitter(brightness, contrast, saturation, hue)`` on one image, with ``gen``'s randomness;
+    an adjustment whose range is 0 is skipped, as torchvision does."""
+    ranges = {"brightness": brightness, "contrast": contrast, "saturation": saturation, "hue": hue}
     factors = {"brightness": _uniform(gen, 1 - brightness, 1 + brightness),
                "contrast": _uniform(gen, 1 - contrast, 1 + contrast),
                "saturation": _uniform(gen, 1 - saturation, 1 + saturation),
@@ -45,6 +47,8 @@ def color_jitter(image: torch.Tensor, gen: torch.Generator, brightness: float = 
     for which in torch.randperm(4, generator=gen).tolist():
         name = ("brightness", "contrast", "saturation", "hue")[which]
         f = factors[name]
+        if ranges[name] == 0:
+            continue
         if name == "brightness":
             image = (image * f).clamp(0, 1)
         elif name == "contrast":
