@@ -1,7 +1,9 @@
 """ComfyUI nodes: thin layers from sockets to the core and back. One module per capability."""
 from .adaface import AnybodyAdaFaceEncode, AnybodyAdaFaceLoader
+from .celeb_basis import AnybodyCelebBasisEmbed
 from .cross_init import AnybodyCrossInitTrain
-from .face import AnybodyFaceAlign, AnybodyFaceModelLoader, AnybodyFaceParse, AnybodyIdentityScore
+from .face import (AnybodyFaceAlign, AnybodyFaceModelLoader, AnybodyFaceParse, AnybodyFaceRecognizerLoader,
+                   AnybodyIdentityScore)
 
 NODE_CLASS_MAPPINGS = {
     "AnybodyCrossInitTrain": AnybodyCrossInitTrain,
@@ -11,6 +13,8 @@ NODE_CLASS_MAPPINGS = {
     "AnybodyIdentityScore": AnybodyIdentityScore,
     "AnybodyAdaFaceLoader": AnybodyAdaFaceLoader,
     "AnybodyAdaFaceEncode": AnybodyAdaFaceEncode,
+    "AnybodyFaceRecognizerLoader": AnybodyFaceRecognizerLoader,
+    "AnybodyCelebBasisEmbed": AnybodyCelebBasisEmbed,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "AnybodyCrossInitTrain": "CrossInitTrain (Anybody)",
@@ -20,4 +24,6 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AnybodyIdentityScore": "IdentityScore (Anybody)",
     "AnybodyAdaFaceLoader": "AdaFaceLoader (Anybody)",
     "AnybodyAdaFaceEncode": "AdaFaceEncode (Anybody)",
+    "AnybodyFaceRecognizerLoader": "FaceRecognizerLoader (Anybody)",
+    "AnybodyCelebBasisEmbed": "CelebBasisEmbed (Anybody)",
 }

@@ -14,12 +14,15 @@ from .folders import register_model_folder
 FOLDER = "insightface"
 PARSING_FOLDER = "face_parsing"
 PARSING_EXTENSIONS = {".pth", ".pt", ".safetensors"}
+RECOGNITION_FOLDER = "face_recognition"
+PAPER_RECOGNIZER = "glint360k_cosface_r100_fp16_0.1.pth"
 
 
 def _register_folders() -> None:
     """models/insightface and models/face_parsing as ComfyUI model folders."""
     register_model_folder(FOLDER)
     register_model_folder(PARSING_FOLDER, PARSING_EXTENSIONS)
+    register_model_folder(RECOGNITION_FOLDER, PARSING_EXTENSIONS)
 
 
 def insightface_roots() -> list[str]:
@@ -111,6 +114,46 @@ class AnybodyFaceAlign:
         found = sum(a.face is not None for a in aligned)
         summary = f"{found}/{len(aligned)} face(s) aligned to {TEMPLATES[template].label}"
         return {"ui": {"text": [summary]}, "result": (crops, masks, [a.record() for a in aligned])}
+
+
+class AnybodyFaceRecognizerLoader:
+    CATEGORY = "Anybody/face"
+    FUNCTION = "load"
+    RETURN_TYPES = ("ANYBODY_FACE_RECOGNIZER",)
+    RETURN_NAMES = ("recognizer",)
+    DESCRIPTION = ("Loads an insightface arcface_torch IResNet (.pth) from models/face_recognition: the face "
+                   "recognizer Celeb Basis was trained with is glint360k_cosface_r100_fp16_0.1/backbone.pth (rename it, "
+                   f"e.g. {PAPER_RECOGNIZER}). Runs in torch on the GPU while a method needs it.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        import folder_paths
+
+        _register_folders()
+        files = folder_paths.get_filename_list(RECOGNITION_FOLDER) or [PAPER_RECOGNIZER]
+        return {"required": {"recognizer": (files, {"tooltip": "an IResNet backbone.pth from insightface's "
+                                                               "arcface_torch model zoo, in models/face_recognition"})}}
+
+    def load(self, recognizer):
+        import folder_paths
+
+        from ..anybody.errors import ModelFileError
+        from ..anybody.nets.iresnet import SOURCE
+
+        path = folder_paths.get_full_path(RECOGNITION_FOLDER, recognizer)
+        if path is None:
+            where = ", ".join(folder_paths.get_folder_paths(RECOGNITION_FOLDER))
+            raise ModelFileError(f"Face recognizer '{recognizer}' not found in {where}. Get it from {SOURCE} and "
+                                 "put it there (any file name).")
+        return (_recognizer(path, os.path.getmtime(path)),)
+
+
+@functools.lru_cache(maxsize=1)
+def _recognizer(path: str, mtime: float):
+    """The recognizer, loaded once per file version rather than on every run."""
+    from ..anybody.face.recognizer import torch_recognizer
+
+    return torch_recognizer(path)
 
 
 class AnybodyFaceParse:

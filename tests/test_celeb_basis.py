@@ -485,3 +485,11 @@ def test_a_face_pack_recognizer_can_stand_in(face_models, host, people):
     assert "rec_test.onnx (onnx)" in result.identity.metadata["anybody.recognizer"]
     with pytest.raises(BadInputError, match="112"):
         rec(torch.rand(1, 3, 64, 64))
+
+
+def test_training_works_when_called_under_inference_mode_as_comfyui_runs_nodes(host, people, recognizer):
+    """Views and the basis are made before training, under the caller's inference mode; the trainer must copy them
+    into normal tensors before autograd saves them (a real-ComfyUI failure, reproduced here)."""
+    with torch.inference_mode():
+        (result,) = cb.train_celeb_basis(host, people[:1], recognizer, replace(FAST, steps=1))
+    assert result.path.is_file()

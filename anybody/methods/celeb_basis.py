@@ -161,12 +161,14 @@ def celeb_basis_loss(host: Host, params: dict[str, torch.Tensor], basis: CelebBa
     """``loss_fn(generator) -> StepResult`` of one step: a batch of views (person uniform, then one of their
     views), their coefficients -> token vectors -> template prompts "… face of <word> person" -> denoising loss.
 
-    ``seen`` collects each micro-batch's (persons, coefficients) for the EMA, keyed by the generator's seed so a
+    Call it inside ``host.training()``. ``seen`` collects each micro-batch's (persons, coefficients) for the EMA, keyed by the generator's seed so a
     recomputed step (loss-scale overflow) replaces its entry instead of adding a second one.
     """
     device = host.device
-    features, mean, std = views.features.to(device), views.mean.to(device), views.std.to(device)
-    on_device = CelebBasis({k: v.to(device) for k, v in basis.tensors.items()}, basis.table_digests,
+    # copies made here, inside the host's training context: hosts that run nodes under inference mode made the
+    # originals as inference tensors, which autograd refuses to save for the backward pass
+    features, mean, std = (t.to(device).clone() for t in (views.features, views.mean, views.std))
+    on_device = CelebBasis({k: v.to(device).clone() for k, v in basis.tensors.items()}, basis.table_digests,
                            basis.names_digest, basis.mode)
     n_people = int(views.owner.max()) + 1
     words = [f"<celeb_basis_sample_{b}>" for b in range(config.batch)]

@@ -651,3 +651,69 @@ def test_adaface_refuses_an_sdxl_clip(comfy_env, sdxl_objects):
     node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyAdaFaceEncode"]()
     with pytest.raises(Exception, match="AdaFace makes SD1.x prompt vectors .* this CLIP is SDXL"):
         node.encode(sdxl_objects[1], None, None, torch.zeros(1, 64, 64, 3), "x", 1.0, False, False)
+
+
+def test_celeb_basis_example_trains_two_people_and_one_prompt_uses_both(comfy_env):
+    pytest.importorskip("insightface")
+    import json
+
+    import folder_paths
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from face_onnx import build_pack, paint_face
+
+    base = comfy_env["base"]
+    build_pack(base / "insightface", "celebpack")
+    for name, blue in (("alice", 40), ("bob", 200)):
+        photo = np.full((480, 640, 3), 100 + blue // 4, np.uint8)
+        paint_face(photo, 320, 240, blue=blue)
+        Image.fromarray(photo).save(base / "input" / f"cb_{name}.png")
+    IResNet = _pack_module("anybody.nets.iresnet").IResNet
+    torch.manual_seed(0)
+    (base / "face_recognition").mkdir(exist_ok=True)
+    folder_paths.add_model_folder_path("face_recognition", str(base / "face_recognition"))  # as extra_model_paths.yaml
+    net_state = {k: (v.abs() + 1 if k.endswith("running_var") else v) for k, v in IResNet((1, 1, 1, 1)).state_dict().items()}
+    torch.save(net_state, base / "face_recognition" / "glint360k_cosface_r100_fp16_0.1.pth")
+    nodes = comfy_env["nodes"].NODE_CLASS_MAPPINGS
+    assert "glint360k_cosface_r100_fp16_0.1.pth" in nodes["AnybodyFaceRecognizerLoader"].INPUT_TYPES()["required"]["recognizer"][0]
+
+    graph = json.loads((REPO / "example_workflows" / "celeb_basis_two_people.api.json").read_text())  # the shipped twin
+    graph["1"]["inputs"]["ckpt_name"] = "tiny15.safetensors"
+    graph["2"]["inputs"]["image"], graph["3"]["inputs"]["image"] = "cb_alice.png", "cb_bob.png"
+    graph["5"]["inputs"].update(pack="celebpack", provider="CPU")
+    graph["7"]["inputs"].update(names="cb_alice, cb_bob", steps=2, resolution=64, views=2, preview_every=1)
+    graph["8"]["inputs"]["text"] = "a photo of <cb_alice> person and <cb_bob> person"
+    graph["10"]["inputs"].update(width=64, height=64)
+    graph["11"]["inputs"].update(steps=1)
+    ex, errors = comfy_env["run"](graph)
+    assert ex.success, errors
+    text = ex.history_result["outputs"]["7"]["text"][-1]
+    assert "<cb_alice>, <cb_bob> -> 2 file(s)" in text and "not retrained" not in text
+    assert ex.history_result["outputs"]["13"]["images"], "one prompt with both people sampled and saved an image"
+    folder = Path(folder_paths.get_folder_paths("embeddings")[0])
+    identity_cls = _pack_module("anybody.identity").Identity
+    alice, bob = (identity_cls.load(folder / f"{n}.safetensors") for n in ("cb_alice", "cb_bob"))
+    assert alice.vectors["clip_l"].shape == bob.vectors["clip_l"].shape == (2, 768)
+    assert not torch.equal(alice.vectors["clip_l"], bob.vectors["clip_l"])
+    assert alice.metadata["anybody.celeb_basis.people"] == "cb_alice,cb_bob"
+
+    ex, errors = comfy_env["run"](graph)  # queued again (cache evicted by a changed prompt): reused, not retrained
+    assert ex.success, errors
+
+    # the node's CLIP reads both people exactly as the stock loader reads the saved files
+    model, clip, vae = _load_tiny(comfy_env)
+    face_model = nodes["AnybodyFaceModelLoader"]().load("celebpack", "CPU", 640)[0]
+    photos = torch.stack([torch.from_numpy(np.asarray(Image.open(base / "input" / f"cb_{n}.png"))).float() / 255
+                          for n in ("alice", "bob")])
+    with torch.inference_mode():
+        out = nodes["AnybodyCelebBasisEmbed"]().train(
+            model, clip, vae, face_model, photos, "cb_alice, cb_bob", 2, 0.01, 2, 64, 23, 100, 1, "resume", False,
+            recognizer=nodes["AnybodyFaceRecognizerLoader"]().load("glint360k_cosface_r100_fp16_0.1.pth")[0], views=2)
+        assert "not retrained" in out["ui"]["text"][-1]
+        both = out["result"][0]
+        ours = nodes["CLIPTextEncode"]().encode(both, "a photo of <cb_alice> person and <cb_bob> person")[0][0][0]
+        stock = nodes["CLIPTextEncode"]().encode(clip, "a photo of embedding:cb_alice person and embedding:cb_bob person")[0][0][0]
+    assert torch.allclose(ours, stock, atol=1e-5)
+    assert [i.name for i in out["result"][1]] == ["cb_alice", "cb_bob"]
