@@ -97,6 +97,54 @@ def cmd_train_cross_init(args) -> int:
     return 0
 
 
+def cmd_train_celeb_basis(args) -> int:
+    from dataclasses import replace
+
+    from .face.models import load_face_models
+    from .face.recognizer import pack_recognizer, torch_recognizer
+    from .face.training_photos import ffhq_faces
+    from .files import ensure_writable_folder
+    from .host.checkpoint import detect_family, load_checkpoint_host
+    from .images import image_files, load_images
+    from .methods.celeb_basis import CelebBasisConfig, Person, check_settings, train_celeb_basis
+    from .methods.runs import default_resolution
+
+    people = []
+    for spec in args.person:
+        name, sep, photos = spec.partition("=")
+        if not sep or not name.strip() or not photos.strip():
+            raise AnybodyError(f"--person {spec!r}: write NAME=PHOTOS (a photo or a folder of photos), e.g. "
+                               "--person alice=photos/alice")
+        people.append((name.strip(), photos.strip()))
+    overrides = {k: getattr(args, k) for k in ("steps", "lr", "batch", "resolution", "views", "save_every",
+                                                "components", "rows") if getattr(args, k) is not None}
+    config = replace(CelebBasisConfig(), seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
+                     **overrides)
+    check_settings([name for name, _ in people], config, args.names)  # cheap checks first
+    ensure_writable_folder(Path(args.out))
+    detect_family(args.checkpoint)
+    recognizer = torch_recognizer(args.recognizer) if args.recognizer else None
+    faces = load_face_models(args.face_pack, [Path(args.models_root).expanduser()], args.provider)
+    if recognizer is None:
+        recognizer = pack_recognizer(faces)
+        print(f"note: no --recognizer: using the pack's {recognizer.name} (the paper used CosFace r100)",
+              file=sys.stderr)
+    host = load_checkpoint_host(args.checkpoint, out_dir=args.out, prediction=args.prediction,
+                                low_memory=args.low_memory, cpu_compute=_cpu_compute(args.compute))
+    size = config.resolution or default_resolution(host)
+    aligned = []
+    for name, photos in people:
+        files = image_files(photos)
+        crops = ffhq_faces(faces, load_images(files, max_side=4 * size), size, [f.name for f in files],
+                           lambda m: print(f"note: {m}", file=sys.stderr))
+        aligned.append(Person(name, crops))
+    results = train_celeb_basis(host, aligned, recognizer, config, names_file=args.names, resume=args.resume,
+                                overwrite=args.overwrite, restart=args.restart)
+    for result in results:
+        print(f"{result.path}\n{result.identity.describe()}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .assets import asset_path
     from .host.tiny import tiny_host
@@ -234,6 +282,38 @@ def build_parser() -> argparse.ArgumentParser:
                     help="v for v-prediction checkpoints such as SD2.x-768 (default: eps)")
     _add_train_options(ci)
     ci.set_defaults(func=cmd_train_cross_init)
+    cb = methods.add_parser("celeb-basis", help="Celeb Basis: one or several people as coefficients on a basis of "
+                                                "celebrity names (NeurIPS 2023)")
+    cb.add_argument("--checkpoint", required=True, help="local SD1.x/SD2.x single-file .safetensors checkpoint")
+    cb.add_argument("--person", required=True, action="append", metavar="NAME=PHOTOS",
+                    help="a person to learn and their photo(s) (a file or a folder); repeat for several people, who "
+                         "train jointly: --person alice=photos/alice --person bob=bob.jpg")
+    cb.add_argument("--recognizer", help="insightface arcface_torch IResNet .pth (the paper's: "
+                                         "glint360k_cosface_r100_fp16_0.1/backbone.pth); default: the face pack's own")
+    cb.add_argument("--face-pack", default="antelopev2", help="insightface pack that finds and aligns the faces")
+    cb.add_argument("--models-root", default="~/.insightface", help="folder holding models/<pack>/*.onnx")
+    cb.add_argument("--provider", default="auto", choices=["auto", "CPU", "CUDA"])
+    cb.add_argument("--steps", type=int, help="steps per person (paper: 400)")
+    cb.add_argument("--lr", type=float, help="learning rate of the map (paper: 0.01)")
+    cb.add_argument("--batch", type=int, help="views per step (paper: 2)")
+    cb.add_argument("--resolution", type=int, help="training resolution (default: the model's own)")
+    cb.add_argument("--views", type=int, help="augmented views per person, encoded once (default 64)")
+    cb.add_argument("--components", type=int, help="basis directions per token position (paper: 512)")
+    cb.add_argument("--rows", choices=["as_built", "distinct_tokens"],
+                    help="as_built (official, default): every name's token counts; distinct_tokens: each token once")
+    cb.add_argument("--names", help="celebrity name list (one per line; the paper's wiki_names_v2.txt works)")
+    cb.add_argument("--seed", type=int, default=23)
+    cb.add_argument("--save-every", type=int, help="save resumable state every N steps (default 100)")
+    cb.add_argument("--gradient-checkpointing", action="store_true",
+                    help="recompute UNet activations in the backward pass: less memory, about 1/3 slower")
+    cb.add_argument("--resume", action="store_true", help="continue a stopped run of the same people")
+    cb.add_argument("--restart", action="store_true", help="discard a stopped run's saved progress and start over")
+    cb.add_argument("--overwrite", action="store_true", help="replace existing embeddings of those names")
+    cb.add_argument("--out", default="anybody_out", help="output folder (embeddings/ and training_state/ inside)")
+    cb.add_argument("--prediction", choices=["eps", "v"], default=None, help="v for v-prediction checkpoints")
+    cb.add_argument("--low-memory", action="store_true", help="CPU: keep frozen UNet weights in fp16")
+    cb.add_argument("--compute", choices=["fp32", "bf16"], default="fp32", help="CPU: precision of the UNet's matmuls")
+    cb.set_defaults(func=cmd_train_celeb_basis)
     al = sub.add_parser("align", help="detect and align faces: writes crops and landmarks.json")
     al.add_argument("input", help="a folder of photos, or one photo")
     al.add_argument("output", help="folder for <photo>.png crops and landmarks.json")

@@ -493,3 +493,30 @@ def test_training_works_when_called_under_inference_mode_as_comfyui_runs_nodes(h
     with torch.inference_mode():
         (result,) = cb.train_celeb_basis(host, people[:1], recognizer, replace(FAST, steps=1))
     assert result.path.is_file()
+
+
+def test_cli_trains_two_people_from_their_folders(face_models, recognizer_file, tmp_path, monkeypatch, capsys):
+    from face_onnx import paint_face
+    from PIL import Image
+
+    from anybody.cli import main
+    from anybody.host import checkpoint
+    from anybody.host.tiny import tiny_host
+
+    for name, blue in (("alice", 30), ("bob", 220)):
+        (tmp_path / name).mkdir()
+        photo = np.full((320, 320, 3), 90, np.uint8)
+        paint_face(photo, 160, 160, blue=blue)
+        Image.fromarray(photo).save(tmp_path / name / "1.png")
+    monkeypatch.setattr(checkpoint, "detect_family", lambda path: "sd1")  # the tiny model stands in for the file
+    monkeypatch.setattr(checkpoint, "load_checkpoint_host", lambda path, out_dir, **kw: tiny_host(out_dir))
+    pack_root = Path(face_models.folder).parents[1]
+    common = ["train", "celeb-basis", "--checkpoint", "x.safetensors", "--face-pack", "testpack", "--models-root",
+              str(pack_root), "--provider", "CPU", "--recognizer", str(recognizer_file), "--out", str(tmp_path / "out"),
+              "--steps", "1", "--views", "2", "--resolution", "64"]
+    rc = main([*common, "--person", f"alice={tmp_path / 'alice'}", "--person", f"bob={tmp_path / 'bob'}"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert (tmp_path / "out" / "embeddings" / "alice.safetensors").is_file() and "bob (celeb_basis, SD1.x, 2 vectors)" in out
+    assert main([*common, "--person", "alice"]) == 2
+    assert "write NAME=PHOTOS" in capsys.readouterr().err
