@@ -10,26 +10,6 @@ from .cross_init import BUNDLED_NAMES, _name_lists, _names_path
 _PAPER = CelebBasisConfig()
 
 
-def people_of(names_text: str, count: int) -> list[tuple[str, list[int]]]:
-    """``"alice, bob"`` -> [(name, photo indices)]: one name for all photos, or one name per photo (a name repeated
-    for several photos of one person), in order of first appearance."""
-    from ..anybody.errors import BadInputError
-
-    names = [n.strip() for n in names_text.replace("\n", ",").split(",") if n.strip()]
-    if not names:
-        raise BadInputError("Give a name for the person (or one name per photo for several people).")
-    if len(names) == 1:
-        return [(names[0], list(range(count)))]
-    if len(names) != count:
-        raise BadInputError(f"{len(names)} names for {count} photos. Give one name for all photos (one person), or "
-                            "one name per photo in the batch's order, repeating a name for each photo of the same "
-                            "person (e.g. 'alice, alice, bob').")
-    groups: dict[str, list[int]] = {}
-    for index, name in enumerate(names):
-        groups.setdefault(name, []).append(index)
-    return list(groups.items())
-
-
 class AnybodyCelebBasisEmbed:
     CATEGORY = "Anybody/train"
     FUNCTION = "train"
@@ -98,12 +78,11 @@ class AnybodyCelebBasisEmbed:
         from dataclasses import replace
 
         from ..anybody.face.recognizer import pack_recognizer
-        from ..anybody.face.training_photos import ffhq_faces
         from ..anybody.host.comfy import ComfyHost, clip_with_identity
-        from ..anybody.methods.celeb_basis import Person, check_settings, train_celeb_basis
+        from ..anybody.methods.celeb_basis import check_settings, group_photos, people_from_photos, train_celeb_basis
         from ..anybody.methods.runs import default_resolution
 
-        groups = people_of(names, len(images))
+        groups = group_photos(names, len(images))
         config = replace(_PAPER, steps=steps, lr=lr, batch=batch, resolution=resolution, seed=seed,
                          save_every=save_every, preview_every=preview_every, views=views,
                          gradient_checkpointing=gradient_checkpointing)
@@ -117,9 +96,7 @@ class AnybodyCelebBasisEmbed:
             notes.append(message)
             logging.warning("[Anybody] %s", message)
 
-        owner = {i: name for name, indices in groups for i in indices}
-        crops = ffhq_faces(face_model, list(images), size, [owner[i] for i in range(len(images))], note)
-        people = [Person(name, [crops[i] for i in indices]) for name, indices in groups]
+        people = people_from_photos(face_model, images, names, size, log=note)
         if recognizer is None:
             recognizer = pack_recognizer(face_model)
             note(f"No recognizer connected: using the pack's {recognizer.name} (the paper used CosFace r100; "

@@ -9,6 +9,7 @@ from anybody.assets import read_lines
 from anybody.errors import BadInputError, FileExistsAnybodyError, TrainingDivergedError
 from anybody.images import image_files, load_images
 from anybody.methods import cross_init as ci
+from anybody.text.names import name_columns
 from anybody.train.engine import step_generator
 
 FAST = ci.CrossInitConfig(steps=4, batch=2, resolution=64, save_every=2, preview_every=2)
@@ -17,14 +18,14 @@ FAST = ci.CrossInitConfig(steps=4, batch=2, resolution=64, save_every=2, preview
 def test_bundled_name_list_is_large_and_covers_two_columns(host):
     names = read_lines(ci.DEFAULT_NAMES)
     assert len(names) >= 600
-    cols = ci.name_columns(host.encoders["clip_l"], names, 2)
+    cols = name_columns(host.encoders["clip_l"].tokenize, names, 2)
     assert len(cols[0]) == len(names) and 0 < len(cols[1]) <= len(names)
 
 
 def test_columns_are_bpe_positions_and_means_match(host):
     enc = host.encoders["clip_l"]
     names = ["Tom Hanks", "Cher", "Tom Hanks"]  # duplicates count; a one-token name feeds column 1 only
-    cols = ci.name_columns(enc, names, 2)
+    cols = name_columns(enc.tokenize, names, 2)
     assert len(cols[0]) == 3 and len(cols[1]) == 2
     m = ci.mean_name_rows(enc, names, 2)
     table = enc.model.get_input_embeddings().weight.detach()

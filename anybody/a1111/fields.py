@@ -13,6 +13,7 @@ from typing import Any, Mapping
 import torch
 
 from ..errors import BadInputError
+from ..methods.celeb_basis import CelebBasisConfig
 from ..methods.cross_init import PRESETS, CrossInitConfig, preset as make_config
 
 _PAPER = CrossInitConfig()
@@ -78,6 +79,34 @@ def cross_init_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], CrossIn
                          save_every=fields["save_every"], preview_every=fields["preview_every"],
                          gradient_checkpointing=fields["gradient_checkpointing"])
     return fields, config
+
+
+_CB = CelebBasisConfig()
+#: AnybodyCelebBasisEmbed's inputs; ``face_model`` names the insightface pack that aligns the faces, ``recognizer``
+#: a file in models/face_recognition ("" = the pack's own recognizer).
+CELEB_BASIS_FIELDS: dict[str, Any] = {
+    "images": None, "names": "my_face", "steps": _CB.steps, "lr": _CB.lr, "batch": _CB.batch, "resolution": 0,
+    "seed": _CB.seed, "save_every": _CB.save_every, "preview_every": _CB.preview_every, "saved_progress": "resume",
+    "overwrite": False, "names_file": BUNDLED_NAMES, "views": _CB.views, "gradient_checkpointing": False,
+    "face_model": "antelopev2", "recognizer": "",
+}
+
+
+def celeb_basis_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], CelebBasisConfig]:
+    """The checked fields and the training config of a celeb-basis request (``resume: true|false`` as for
+    cross-init)."""
+    from dataclasses import replace
+
+    body = dict(body)
+    if "resume" in body:
+        resume = body.pop("resume")
+        if not isinstance(resume, bool):
+            raise BadInputError(f"celeb-basis: 'resume' must be true or false, got {resume!r}.")
+        body.setdefault("saved_progress", "resume" if resume else "start over")
+    checked = checked_fields(body, CELEB_BASIS_FIELDS, "celeb-basis")
+    config = replace(_CB, **{k: checked[k] for k in ("steps", "lr", "batch", "resolution", "seed", "save_every",
+                                                     "preview_every", "views", "gradient_checkpointing")})
+    return checked, config
 
 
 #: limits of one request: photos, encoded size of each, and the side photos are read at (as the tab reads them)

@@ -55,6 +55,15 @@ def binding(choice: str, word: str) -> tuple[Identity, str, str]:
     return identity, word, f"{word}={choice}@{digest}"
 
 
+def table_warning(identity: Identity, sd_model) -> str | None:
+    """A warning when a token-space identity (Celeb Basis) was trained on another text encoder's token table."""
+    if not any(k.startswith("anybody.token_table.") for k in identity.metadata):
+        return None  # files that record no table: nothing to compare
+    from ..methods.celeb_space import token_table_warning
+
+    return token_table_warning(identity.metadata, webui.text_encoders(sd_model), f"The identity '{identity.name}'")
+
+
 def face_binding(face, word: str, strength: float):
     """A face photo (PIL image from the page, base64 string over the API) -> an AdaFace identity bound to ``word``,
     with the first installed face pack and the default AdaFace files (SD1.x only)."""
@@ -161,6 +170,10 @@ def make_script_class():
                 p.comment(message)
                 p.extra_generation_params[f"{INFOTEXT_KEY} error"] = str(exc)  # the API's infotexts show it too
                 return
+            warning = table_warning(identity, shared.sd_model)
+            if warning:
+                print(f"[Anybody] {warning}", flush=True)
+                p.comment(warning)
             vecs = {k: v.to(webui.device_of_webui()) for k, v in identity.vectors.items()}
             vec = vecs if identity.family == "sdxl" else next(iter(vecs.values()))
             _BOUND[word] = sd_hijack.model_hijack.embedding_db.word_embeddings.get(word)

@@ -21,6 +21,7 @@ from .fields import ADAFACE_FIELDS, BUNDLED_NAMES
 ADAFACE_DEFAULT = ADAFACE_FIELDS["adaface"]
 
 NAMES_FOLDER = "celebrity_names"
+RECOGNITION_FOLDER = "face_recognition"
 
 
 def names_folder() -> Path:
@@ -120,6 +121,73 @@ def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: C
             "family": identity.family, "vectors": identity.num_vectors, "steps": config.steps,
             "norm_min": round(stats["norm_min"], 4), "norm_max": round(stats["norm_max"], 4), "warnings": warnings,
             "seconds_per_step": None if reused else sink.seconds_per_step()}
+
+
+def recognizer_files() -> list[str]:
+    """Face recognizers in models/face_recognition."""
+    from modules import paths
+
+    folder = Path(paths.models_path) / RECOGNITION_FOLDER
+    return sorted(p.name for p in folder.glob("*") if p.suffix in (".pth", ".pt", ".safetensors")) if folder.is_dir() else []
+
+
+@functools.lru_cache(maxsize=1)
+def _recognizer(path: str, stamp: tuple):
+    from ..face.recognizer import torch_recognizer
+
+    return torch_recognizer(path)
+
+
+def recognizer(choice: str, models):
+    """The recognizer file ``choice`` from models/face_recognition (loaded once per file version), or the face
+    pack's own for ""."""
+    from ..face.recognizer import pack_recognizer
+
+    if not choice:
+        return pack_recognizer(models)
+    path = _model_file(RECOGNITION_FOLDER, choice, "recognizer")
+    if not path.is_file():
+        from ..errors import ModelFileError
+        from ..nets.iresnet import SOURCE
+
+        raise ModelFileError(f"Face recognizer not found: {path}. Get it from {SOURCE} and put it there (any file "
+                             "name), or leave 'recognizer' empty to use the face pack's own.")
+    stat = path.stat()
+    return _recognizer(str(path), (stat.st_size, stat.st_mtime_ns))
+
+
+def celeb_basis(images: Sequence[torch.Tensor], fields: dict[str, Any], config, sink=None,
+                file_names: Sequence[str] | None = None) -> dict[str, Any]:
+    """Train one or several people on the loaded model; write ``<name>.safetensors`` for each and make the webui
+    load them."""
+    from ..methods.celeb_basis import check_settings, group_photos, people_from_photos, train_celeb_basis
+
+    check_settings([name for name, _ in group_photos(fields["names"], len(images))], config,
+                   names_path(fields["names_file"]))
+    sink = sink or webui.A1111Sink("Celeb Basis")
+    host = webui.A1111Host(sink)
+    warnings: list[str] = []
+
+    def note(message: str) -> None:
+        warnings.append(message)
+        host.sink.log(message)
+
+    models = face_models(fields["face_model"])
+    people = people_from_photos(models, images, fields["names"], config.resolution or default_resolution(host),
+                                file_names, note)
+    chosen = recognizer(fields["recognizer"], models)
+    if not fields["recognizer"]:
+        note(f"No recognizer chosen: using the pack's {chosen.name} (the paper used CosFace r100 from "
+             "models/face_recognition).")
+    results = train_celeb_basis(host, people, chosen, config, names_file=names_path(fields["names_file"]),
+                                resume=fields["saved_progress"] == "resume",
+                                restart=fields["saved_progress"] == "start over", overwrite=fields["overwrite"])
+    webui.refresh_embeddings()
+    reused = all(r.reused for r in results)
+    return {"people": [{"name": r.identity.name, "prompt_word": r.identity.name, "path": str(r.path)}
+                       for r in results],
+            "reused": reused, "family": results[0].identity.family, "steps": config.steps * len(results),
+            "warnings": warnings, "seconds_per_step": None if reused else sink.seconds_per_step()}
 
 
 def _model_file(folder: str, name: str, what: str) -> Path:
@@ -243,11 +311,11 @@ def info() -> dict[str, Any]:
         "host": "forge" if webui.is_forge() else "a1111",
         "model": {"family": family, "checkpoint": checkpoint, "problem": problem},
         "embeddings_dir": str(webui.embeddings_dir()),
-        "capabilities": {"cross_init": family is not None, "align": bool(packs), "identity_score": bool(packs),
+        "capabilities": {"cross_init": family is not None, "celeb_basis": family is not None and bool(packs), "align": bool(packs), "identity_score": bool(packs),
                          "inject": family is not None, "adaface": family == "sd1" and bool(packs) and have_adaface},
         "model_files": {"insightface_packs": packs, "insightface_folders": webui.face_model_roots(),
                         "celebrity_names": name_lists(), "adaface": checkpoints if have_adaface else [],
-                        "arc2face": arc_folders},
+                        "arc2face": arc_folders, "face_recognition": recognizer_files()},
         "onnxruntime": _importable("onnxruntime"), "insightface": _importable("insightface"),
     }
 

@@ -107,6 +107,16 @@ def register(app) -> None:
                 return jobs.cross_init(images, checked, config)
         return answer(run)
 
+    @router.post(f"{PREFIX}/train/celeb-basis")
+    def anybody_train_celeb_basis(body: dict = Body(...)):
+        """Celeb Basis training of one or several people on the loaded model -> one embedding per person."""
+        def run():
+            checked, config = fields.celeb_basis_request(body)
+            images = fields.decode_images(checked["images"])
+            with webui_job("anybody-celeb-basis"):
+                return jobs.celeb_basis(images, checked, config)
+        return answer(run)
+
     @router.post(f"{PREFIX}/align")
     def anybody_align(body: dict = Body(...)):
         """FaceAlign: aligned crops (base64 PNG) and per-photo face records."""

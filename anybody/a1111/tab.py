@@ -1,4 +1,5 @@
-"""The "Anybody" tab of the webui (``on_ui_tabs``): Cross-Init training, FaceAlign and IdentityScore.
+"""The "Anybody" tab of the webui (``on_ui_tabs``): Cross-Init and Celeb Basis training, AdaFace, FaceAlign and
+IdentityScore.
 
 Controls carry the ComfyUI node's input names and defaults (``fields.py``); long work runs through the webui's
 ``wrap_gradio_gpu_call`` (its queue lock, progress bar with live previews, Interrupt). Written for gradio 3.41
@@ -64,6 +65,32 @@ def train_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
 
     out = _guarded(run)
     return "", out[1]
+
+
+CB_CONTROLS = ("names", "steps", "lr", "batch", "resolution", "seed", "views", "save_every", "preview_every",
+               "saved_progress", "overwrite", "names_file", "gradient_checkpointing", "face_model", "recognizer")
+
+
+def celeb_basis_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
+    def run():
+        from pathlib import Path
+
+        body = dict(zip(CB_CONTROLS, values))
+        for key in ("steps", "batch", "resolution", "seed", "views", "save_every", "preview_every"):
+            body[key] = int(body[key])
+        body["lr"] = float(body["lr"])
+        body["recognizer"] = body["recognizer"] or ""
+        checked, config = fields.celeb_basis_request(body)
+        result = jobs.celeb_basis(_photos(files, "photos"), checked, config,
+                                  file_names=[Path(getattr(f, "name", f)).name for f in files])
+        done = "Loaded (already trained with these photos and settings)" if result["reused"] else "Trained"
+        lines = [f"{done} {', '.join(p['name'] for p in result['people'])} ({result['family']}):"]
+        lines += [f"  {p['name']} -> {p['path']}" for p in result["people"]]
+        lines.append("Write e.g. 'a photo of " + " person and ".join(p["prompt_word"] for p in result["people"])
+                     + " person' in a txt2img prompt.")
+        return None, _message("\n".join([*result["warnings"], *lines]))
+
+    return "", _guarded(run)[1]
 
 
 def adaface_from_tab(files, name, strength, face_model, adaface_file, arc2face, save_embedding, overwrite):
@@ -171,6 +198,52 @@ def build():
                                     save_every, preview_every, saved_progress, overwrite, names_file, checkpointing,
                                     face_model, crop_to_face, init_identity],
                             outputs=[train_text, train_result])
+            with gr.Tab("Celeb Basis training", elem_id=f"{ELEM}_celeb_basis_tab"):
+                cbd = fields.CELEB_BASIS_FIELDS
+                recognizers = ["", *jobs.recognizer_files()]
+                with gr.Row():
+                    with gr.Column():
+                        cb_photos = gr.File(label="Face photos: one person, or several (one name per photo)",
+                                            file_count="multiple", file_types=["image"], elem_id=f"{ELEM}_cb_photos")
+                        with gr.Row():
+                            cb_names = gr.Textbox(label="names", value=cbd["names"], elem_id=f"{ELEM}_cb_names",
+                                                  info="one name for all photos, or one per photo in upload order, "
+                                                       "repeated for the same person: 'alice, alice, bob'")
+                            cb_steps = gr.Number(label="steps (per person)", value=cbd["steps"], precision=0)
+                            cb_lr = gr.Number(label="lr", value=cbd["lr"])
+                            cb_batch = gr.Number(label="batch", value=cbd["batch"], precision=0)
+                        with gr.Row():
+                            cb_resolution = gr.Number(label="resolution (0: the model's own)", value=0, precision=0)
+                            cb_seed = gr.Number(label="seed", value=cbd["seed"], precision=0)
+                            cb_views = gr.Number(label="views (per person)", value=cbd["views"], precision=0)
+                            cb_save_every = gr.Number(label="save_every", value=cbd["save_every"], precision=0)
+                            cb_preview_every = gr.Number(label="preview_every", value=cbd["preview_every"], precision=0)
+                        with gr.Row():
+                            cb_saved = gr.Radio(label="saved_progress", choices=list(fields.SAVED_PROGRESS),
+                                                value=cbd["saved_progress"])
+                            cb_overwrite = gr.Checkbox(label="overwrite", value=False)
+                            cb_names_file = gr.Dropdown(label="names_file", choices=jobs.name_lists(),
+                                                        value=cbd["names_file"])
+                            cb_checkpointing = gr.Checkbox(label="gradient_checkpointing", value=False)
+                        with gr.Row():
+                            cb_pack = gr.Dropdown(label="face_model (aligns the faces)", choices=packs,
+                                                  value=packs[0] if packs else None)
+                            cb_recognizer = gr.Dropdown(label="recognizer (models/face_recognition; empty: the "
+                                                              "pack's)", choices=recognizers, value=recognizers[-1],
+                                                        elem_id=f"{ELEM}_cb_recognizer")
+                        cb_task = gr.Textbox(visible=False, elem_id=f"{ELEM}_cb_task_id")
+                        cb_button = gr.Button("Train", variant="primary", elem_id=f"{ELEM}_cb_train")
+                    with gr.Column():
+                        cb_text = gr.Text(elem_id=f"{ELEM}_cb_output", value="", show_label=False)
+                        gr.Gallery(label="Preview", show_label=False, elem_id=f"{ELEM}_cb_gallery", columns=1)
+                        gr.HTML(elem_id=f"{ELEM}_cb_progress", value="")
+                        cb_result = gr.HTML(elem_id=f"{ELEM}_cb_result", value="")
+                cb_button.click(fn=wrap_gradio_gpu_call(celeb_basis_from_tab, extra_outputs=[""]),
+                                _js="anybody_start_celeb_basis",
+                                inputs=[cb_task, cb_photos, cb_names, cb_steps, cb_lr, cb_batch, cb_resolution, cb_seed,
+                                        cb_views, cb_save_every, cb_preview_every, cb_saved, cb_overwrite,
+                                        cb_names_file, cb_checkpointing, cb_pack, cb_recognizer],
+                                outputs=[cb_text, cb_result])
             with gr.Tab("AdaFace (no training)", elem_id=f"{ELEM}_adaface_tab"):
                 ada = fields.ADAFACE_FIELDS
                 checkpoints, arc_folders = jobs.adaface_files()

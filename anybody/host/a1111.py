@@ -141,7 +141,7 @@ class A1111TextEncoder(TextEncoder):
         return z.float(), (pooled.float() if pooled is not None else None)
 
 
-def _encoders(sd_model) -> dict[str, A1111TextEncoder]:
+def text_encoders(sd_model) -> dict[str, A1111TextEncoder]:
     if getattr(sd_model, "is_sdxl", False):
         embedders = [e for e in sd_model.conditioner.embedders if hasattr(e, "process_tokens")]
         if len(embedders) != 2:
@@ -208,7 +208,7 @@ class A1111Host(Host):
             raise AnybodyError("No checkpoint is loaded in the webui; select one at the top of the page.")
         self.family = model_family(sd_model)
         self.prediction = "v" if getattr(sd_model, "parameterization", "eps") == "v" else "eps"
-        self.encoders = _encoders(sd_model)
+        self.encoders = text_encoders(sd_model)
         self.device = torch.device(devices.device)
         self.compute_dtype = torch.float32 if self.device.type == "cpu" else devices.dtype_unet
         self.sink = sink or A1111Sink()

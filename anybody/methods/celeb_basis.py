@@ -226,6 +226,37 @@ def check_settings(names: Sequence[str], config: CelebBasisConfig,
     return checked, read_name_file(names_file)
 
 
+def group_photos(names_text: str, count: int) -> list[tuple[str, list[int]]]:
+    """``"alice, bob"`` -> [(name, photo indices)]: one name for all photos, or one name per photo (a name repeated
+    for several photos of one person), in order of first appearance."""
+    names = [n.strip() for n in names_text.replace("\n", ",").split(",") if n.strip()]
+    if not names:
+        raise BadInputError("Give a name for the person (or one name per photo for several people).")
+    if len(names) == 1:
+        return [(names[0], list(range(count)))]
+    if len(names) != count:
+        raise BadInputError(f"{len(names)} names for {count} photos. Give one name for all photos (one person), or "
+                            "one name per photo in the batch's order, repeating a name for each photo of the same "
+                            "person (e.g. 'alice, alice, bob').")
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        groups.setdefault(name, []).append(index)
+    return list(groups.items())
+
+
+def people_from_photos(face_models, images: Sequence, names_text: str, size: int,
+                       file_names: Sequence[str] | None = None, log=None) -> list[Person]:
+    """Photos and the names text of the node (``group_photos``) -> people with FFHQ-aligned face crops of ``size`` px;
+    a photo without a face is an error naming it and its person."""
+    from ..face.training_photos import ffhq_faces
+
+    groups = group_photos(names_text, len(images))
+    owner = {i: name for name, indices in groups for i in indices}
+    labels = [owner[i] + (f", {file_names[i]}" if file_names else "") for i in range(len(images))]
+    crops = ffhq_faces(face_models, list(images), size, labels, log)
+    return [Person(name, [crops[i] for i in indices]) for name, indices in groups]
+
+
 def _coefficients_text(coefficients: torch.Tensor) -> str:
     """``[2, K]`` fp32 as base64 of its little-endian bytes: exact, and a plain string for safetensors metadata."""
     return base64.b64encode(coefficients.float().contiguous().numpy().astype("<f4").tobytes()).decode()

@@ -82,6 +82,21 @@ def _register(demo, app):
                 else None, "score": score_html}
 
 
+    @app.post("/anybody-probe/tab-celeb-basis")
+    def tab_celeb_basis(body: dict):
+        """The tab's Celeb Basis Train handler, wrapped as the tab wraps it."""
+        import types
+
+        from modules.call_queue import wrap_gradio_gpu_call
+
+        from anybody.a1111 import fields, tab
+
+        files = [types.SimpleNamespace(name=path) for path in body["files"]]
+        values = {**fields.CELEB_BASIS_FIELDS, **body["values"]}
+        handler = wrap_gradio_gpu_call(tab.celeb_basis_from_tab, extra_outputs=[""])
+        return list(handler("task(probe)", files, *[values[k] for k in tab.CB_CONTROLS]))
+
+
 script_callbacks.on_app_started(_register)
 '''
 
@@ -328,7 +343,8 @@ def test_tab_builds_in_the_page_with_its_controls(tmp_path_factory):
         labels = {c.get("props", {}).get("label") for c in config["components"]}
         assert {"anybody_train", "anybody_name", "anybody_train_photos", "anybody_align", "anybody_score",
                 "anybody_saved_progress", "anybody_train_gallery", "anybody_adaface", "anybody_adaface_photos",
-                "anybody_adaface_strength"} <= ids
+                "anybody_adaface_strength", "anybody_cb_train", "anybody_cb_names", "anybody_cb_photos",
+                "anybody_cb_gallery", "anybody_cb_recognizer"} <= ids
         assert {"Anybody identity", "Identity (embedding file)", "Word in the prompt", "AdaFace strength",
                 "...or a face photo (AdaFace, SD1.x, no training)"} <= labels  # the script, in txt2img and img2img
         assert not [line for line in server.tail(2000).splitlines() if "error" in line.lower() and "anybody" in line.lower()]
@@ -413,3 +429,68 @@ def test_adaface_route_tab_and_face_binding(webui):
                         ({"adaface": "missing.pt"}, "missing.pt"), ({"face_model": "nopack"}, "nopack")):
         status, answer = webui.request("POST", "/anybody/v1/adaface", {"images": [photo], "name": "bad", **body})
         assert status == 400 and words in answer["detail"], answer
+
+
+def test_celeb_basis_route_trains_two_people_one_prompt_uses_both_and_foreign_tables_are_warned(webui):
+    pytest.importorskip("onnx")
+    import sys
+
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from a1111_harness import png_b64
+    from face_onnx import build_pack, paint_face
+
+    from anybody.nets.iresnet import IResNet
+
+    build_pack(webui.data / "models" / "insightface", "cbpack")
+    folder = webui.data / "models" / "face_recognition"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save({k: (v.abs() + 1 if k.endswith("running_var") else v) for k, v in IResNet((1, 1, 1, 1)).state_dict().items()},
+               folder / "glint360k_cosface_r100_fp16_0.1.pth")
+    photos_of = []
+    for blue in (40, 200):
+        photo = np.full((480, 640, 3), 100 + blue // 4, np.uint8)
+        paint_face(photo, 320, 240, blue=blue)
+        photos_of.append(png_b64(photo))
+    info = webui.get("/anybody/v1/info")
+    assert info["capabilities"]["celeb_basis"] and info["model_files"]["face_recognition"] == [
+        "glint360k_cosface_r100_fp16_0.1.pth"], info
+    body = {"images": photos_of, "names": "cbanne, cbbert", "face_model": "cbpack", "steps": 2, "resolution": 64,
+            "views": 2, "save_every": 0, "preview_every": 1, "recognizer": "glint360k_cosface_r100_fp16_0.1.pth"}
+    before, _ = txt2img(webui, "a photo of cbanne person and cbbert person")
+    result = webui.post("/anybody/v1/train/celeb-basis", body)
+    assert [p["name"] for p in result["people"]] == ["cbanne", "cbbert"] and not result["reused"], result
+    assert result["family"] == "sd1" and result["steps"] == 4
+    loaded = webui.get("/sdapi/v1/embeddings")["loaded"]
+    assert loaded["cbanne"]["vectors"] == 2 and loaded["cbbert"]["vectors"] == 2
+    assert txt2img(webui, "a photo of cbanne person and cbbert person")[0] != before
+    assert webui.post("/anybody/v1/train/celeb-basis", body)["reused"]
+    status, answer = webui.request("POST", "/anybody/v1/train/celeb-basis", {**body, "names": "a, b, c"})
+    assert status == 400 and "3 names for 2 photos" in answer["detail"], answer
+
+    # an identity trained on another token table: bound by the script, it still applies, with a clear warning
+    path = Path(result["people"][0]["path"])
+    with safe_open(str(path), framework="pt") as f:
+        tensors, meta = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata())
+    meta["anybody.token_table.clip_l"] = "0123456789abcdef"
+    save_file(tensors, str(webui.data / "embeddings" / "foreign.safetensors"), metadata=meta)
+    image, info = txt2img(webui, "photo of ohwx person", {"anybody identity": {"args": [True, "foreign.safetensors", "ohwx"]}})
+    assert "token table differs" in json.dumps(info), info
+
+    # the tab's button: one person from two uploaded photos
+    from PIL import Image
+
+    files = []
+    for i, b64 in enumerate(photos_of):
+        files.append(str(webui.data / f"cb_tab_{i}.png"))
+        Image.open(io.BytesIO(base64.b64decode(b64))).save(files[-1])
+    values = {"names": "cbtab", "face_model": "cbpack", "steps": 1, "resolution": 64, "views": 2, "save_every": 0,
+              "recognizer": ""}
+    _, html = webui.post("/anybody-probe/tab-celeb-basis", {"files": files, "values": values})
+    html = __import__("html").unescape(html)
+    assert "Trained cbtab (sd1)" in html and "using the pack's" in html and "a photo of cbtab person" in html, html
+    assert "cbtab" in webui.get("/sdapi/v1/embeddings")["loaded"]
