@@ -174,6 +174,7 @@ def make_script_class():
             if warning:
                 print(f"[Anybody] {warning}", flush=True)
                 p.comment(warning)
+                p.extra_generation_params[f"{INFOTEXT_KEY} warning"] = warning  # the infotext (and the API) show it
             vecs = {k: v.to(webui.device_of_webui()) for k, v in identity.vectors.items()}
             vec = vecs if identity.family == "sdxl" else next(iter(vecs.values()))
             _BOUND[word] = sd_hijack.model_hijack.embedding_db.word_embeddings.get(word)
