@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from ..anybody.methods.celeb_basis import CelebBasisConfig
+from ..anybody.methods.celeb_basis import EXPERIMENTAL, CelebBasisConfig
 
 from .cross_init import BUNDLED_NAMES, _name_lists, _names_path
 
@@ -96,6 +96,8 @@ class AnybodyCelebBasisEmbed:
             notes.append(message)
             logging.warning("[Anybody] %s", message)
 
+        if host.family in EXPERIMENTAL:
+            note(f"{EXPERIMENTAL[host.family]}.")
         people = people_from_photos(face_model, images, names, size, log=note)
         if recognizer is None:
             recognizer = pack_recognizer(face_model)

@@ -520,3 +520,24 @@ def test_cli_trains_two_people_from_their_folders(face_models, recognizer_file, 
     assert (tmp_path / "out" / "embeddings" / "alice.safetensors").is_file() and "bob (celeb_basis, SD1.x, 2 vectors)" in out
     assert main([*common, "--person", "alice"]) == 2
     assert "write NAME=PHOTOS" in capsys.readouterr().err
+
+
+def test_ten_long_names_keep_the_saved_progress_file_name_short(host, people, recognizer, RecordingSink):
+    many = [cb.Person(f"{chr(97 + i)}" * 60, people[0].faces) for i in range(10)]
+    host.sink = RecordingSink(cancel_after=1)
+    with pytest.raises(KeyboardInterrupt):
+        cb.train_celeb_basis(host, many, recognizer, replace(FAST, steps=1))
+    (state,) = host.state_dir().glob("celeb_basis.*.state.safetensors")
+    assert len(state.name) < 160 and state.name.startswith("celeb_basis." + "a" * 60 + "+9_more.")
+
+
+def test_a_celeb_basis_identity_from_another_table_seeding_cross_init_is_warned_about(host, people, recognizer):
+    from anybody.methods import cross_init as ci
+
+    (result,) = cb.train_celeb_basis(host, people[:1], recognizer, replace(FAST, steps=1))
+    foreign = Identity(result.identity.name, "sd1", result.identity.vectors, "celeb_basis",
+                       {**result.identity.metadata, "anybody.token_table.clip_l": "0123456789abcdef"})
+    ci.train_cross_init(host, torch.rand(1, 64, 64, 3), "seeded", ci.CrossInitConfig(steps=1, batch=1, resolution=64),
+                        init_identity=foreign)
+    assert any("start identity 'alice' was trained on a checkpoint whose text encoder token table differs" in m
+               for m in host.sink.logs), host.sink.logs

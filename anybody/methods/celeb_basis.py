@@ -304,6 +304,8 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
                       "saved files, not retrained.")
         return [TrainedIdentity(i, t, True) for i, t in zip(found, targets)]
     run_name = "celeb_basis." + "+".join(names)
+    if len(run_name) > 120:  # ten long names would pass the file system's limit on a name
+        run_name = f"celeb_basis.{names[0]}+{len(names) - 1}_more.{key}"
     state = TrainingState(host.state_dir(), run_name, run_config)
     resuming = state.exists() and not restart
     if resuming and not resume:

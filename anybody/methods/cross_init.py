@@ -157,6 +157,11 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
     init_digest = None
     if init_identity is not None:
         init_identity.require_family(host.family)
+        from .celeb_space import token_table_warning
+
+        warning = token_table_warning(init_identity.metadata, host.encoders, f"The start identity '{init_identity.name}'")
+        if warning:
+            host.sink.log(f"Warning: {warning}")
         config = replace(config, num_vectors=init_identity.num_vectors)
         init_digest = hashlib.sha256(b"".join(v.float().numpy().tobytes() for _, v in
                                               sorted(init_identity.vectors.items()))).hexdigest()[:16]

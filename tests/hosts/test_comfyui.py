@@ -717,3 +717,31 @@ def test_celeb_basis_example_trains_two_people_and_one_prompt_uses_both(comfy_en
         stock = nodes["CLIPTextEncode"]().encode(clip, "a photo of embedding:cb_alice person and embedding:cb_bob person")[0][0][0]
     assert torch.allclose(ours, stock, atol=1e-5)
     assert [i.name for i in out["result"][1]] == ["cb_alice", "cb_bob"]
+
+
+def test_celeb_basis_on_sdxl_trains_a_head_per_encoder_and_the_stock_encoder_reads_both(comfy_env, sdxl_objects):
+    pytest.importorskip("insightface")
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from face_onnx import build_pack, paint_face
+
+    root = comfy_env["base"] / "insightface_cbxl"
+    build_pack(root, "cbxlpack")
+    face_model = _pack_module("anybody.face.models").load_face_models("cbxlpack", [root], "CPU")
+    photo = np.full((480, 640, 3), 110, np.uint8)
+    paint_face(photo, 320, 240, blue=90)
+    model, clip, vae = sdxl_objects
+    node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyCelebBasisEmbed"]()
+    with torch.inference_mode():
+        out = node.train(model, clip, vae, face_model, torch.from_numpy(photo)[None].float() / 255, "cbxl", 1, 0.01, 2,
+                         64, 23, 0, 1, "resume", False, views=2)
+        encode = comfy_env["nodes"].CLIPTextEncode().encode
+        ours = encode(out["result"][0], "a photo of <cbxl> person")[0][0]
+        stock = encode(clip, "a photo of embedding:cbxl person")[0][0]
+    assert any("SDXL" in line and "experimental" in line for line in out["ui"]["text"]), out["ui"]["text"]
+    (identity,) = out["result"][1]
+    assert identity.vectors["clip_l"].shape == (2, 768) and identity.vectors["clip_g"].shape == (2, 1280)
+    assert "anybody.celeb_basis.clip_g.basis" in identity.metadata
+    torch.testing.assert_close(ours[0], stock[0])
+    torch.testing.assert_close(ours[1]["pooled_output"], stock[1]["pooled_output"])
