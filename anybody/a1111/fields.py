@@ -83,12 +83,12 @@ def cross_init_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], CrossIn
 
 _CB = CelebBasisConfig()
 #: AnybodyCelebBasisEmbed's inputs; ``face_model`` names the insightface pack that aligns the faces, ``recognizer``
-#: a file in models/face_recognition ("" = the pack's own recognizer).
+#: a file in models/face_recognition, "auto" (the first file there, else the pack's own) or "pack" (the pack's own).
 CELEB_BASIS_FIELDS: dict[str, Any] = {
     "images": None, "names": "my_face", "steps": _CB.steps, "lr": _CB.lr, "batch": _CB.batch, "resolution": 0,
     "seed": _CB.seed, "save_every": _CB.save_every, "preview_every": _CB.preview_every, "saved_progress": "resume",
     "overwrite": False, "names_file": BUNDLED_NAMES, "views": _CB.views, "gradient_checkpointing": False,
-    "face_model": "antelopev2", "recognizer": "",
+    "face_model": "antelopev2", "recognizer": "auto",
 }
 
 

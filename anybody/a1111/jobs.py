@@ -139,11 +139,14 @@ def _recognizer(path: str, stamp: tuple):
 
 
 def recognizer(choice: str, models):
-    """The recognizer file ``choice`` from models/face_recognition (loaded once per file version), or the face
-    pack's own for ""."""
+    """The recognizer file ``choice`` from models/face_recognition (loaded once per file version); "auto": the first
+    file there, else the face pack's own; "pack": the pack's own."""
     from ..face.recognizer import pack_recognizer
 
-    if not choice:
+    if choice == "auto":
+        files = recognizer_files()
+        choice = files[0] if files else "pack"
+    if choice in ("pack", ""):
         return pack_recognizer(models)
     path = _model_file(RECOGNITION_FOLDER, choice, "recognizer")
     if not path.is_file():
@@ -151,7 +154,7 @@ def recognizer(choice: str, models):
         from ..nets.iresnet import SOURCE
 
         raise ModelFileError(f"Face recognizer not found: {path}. Get it from {SOURCE} and put it there (any file "
-                             "name), or leave 'recognizer' empty to use the face pack's own.")
+                             "name), or set 'recognizer' to \"pack\" to use the face pack's own.")
     stat = path.stat()
     return _recognizer(str(path), (stat.st_size, stat.st_mtime_ns))
 
@@ -176,9 +179,9 @@ def celeb_basis(images: Sequence[torch.Tensor], fields: dict[str, Any], config, 
     people = people_from_photos(models, images, fields["names"], config.resolution or default_resolution(host),
                                 file_names, note)
     chosen = recognizer(fields["recognizer"], models)
-    if not fields["recognizer"]:
-        note(f"No recognizer chosen: using the pack's {chosen.name} (the paper used CosFace r100 from "
-             "models/face_recognition).")
+    if chosen.source == "onnx":
+        note(f"Using the face pack's recognizer {chosen.name}; the paper used CosFace r100 (put "
+             "glint360k_cosface_r100_fp16_0.1/backbone.pth in models/face_recognition).")
     results = train_celeb_basis(host, people, chosen, config, names_file=names_path(fields["names_file"]),
                                 resume=fields["saved_progress"] == "resume",
                                 restart=fields["saved_progress"] == "start over", overwrite=fields["overwrite"])

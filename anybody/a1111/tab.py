@@ -79,7 +79,8 @@ def celeb_basis_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
         for key in ("steps", "batch", "resolution", "seed", "views", "save_every", "preview_every"):
             body[key] = int(body[key])
         body["lr"] = float(body["lr"])
-        body["recognizer"] = body["recognizer"] or ""
+        body["recognizer"] = body["recognizer"] or "auto"
+        body["face_model"] = body["face_model"] or "antelopev2"  # none installed: the error says where it goes
         checked, config = fields.celeb_basis_request(body)
         result = jobs.celeb_basis(_photos(files, "photos"), checked, config,
                                   file_names=[Path(getattr(f, "name", f)).name for f in files])
@@ -200,7 +201,7 @@ def build():
                             outputs=[train_text, train_result])
             with gr.Tab("Celeb Basis training", elem_id=f"{ELEM}_celeb_basis_tab"):
                 cbd = fields.CELEB_BASIS_FIELDS
-                recognizers = ["", *jobs.recognizer_files()]
+                recognizers = ["auto", "pack", *jobs.recognizer_files()]
                 with gr.Row():
                     with gr.Column():
                         cb_photos = gr.File(label="Face photos: one person, or several (one name per photo)",
@@ -228,8 +229,8 @@ def build():
                         with gr.Row():
                             cb_pack = gr.Dropdown(label="face_model (aligns the faces)", choices=packs,
                                                   value=packs[0] if packs else None)
-                            cb_recognizer = gr.Dropdown(label="recognizer (models/face_recognition; empty: the "
-                                                              "pack's)", choices=recognizers, value=recognizers[-1],
+                            cb_recognizer = gr.Dropdown(label="recognizer (auto: the file in models/face_recognition, "
+                                                              "else the pack's)", choices=recognizers, value="auto",
                                                         elem_id=f"{ELEM}_cb_recognizer")
                         cb_task = gr.Textbox(visible=False, elem_id=f"{ELEM}_cb_task_id")
                         cb_button = gr.Button("Train", variant="primary", elem_id=f"{ELEM}_cb_train")

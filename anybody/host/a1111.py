@@ -125,6 +125,26 @@ class A1111TextEncoder(TextEncoder):
     def vocab_size(self) -> int:
         return int(self.table.weight.shape[0])
 
+    def table_digest(self) -> str:
+        """Computed once per loaded table: the script asks on every generation with a Celeb Basis file bound."""
+        weight = self.table.weight
+        key = (self.key, weight.data_ptr(), weight._version, tuple(weight.shape), _checkpoint_file())
+        if key not in _TABLE_DIGESTS:
+            if len(_TABLE_DIGESTS) > 8:
+                _TABLE_DIGESTS.clear()
+            _TABLE_DIGESTS[key] = super().table_digest()
+        return _TABLE_DIGESTS[key]
+
+
+_TABLE_DIGESTS: dict[tuple, str] = {}
+
+
+def _checkpoint_file() -> str | None:
+    from modules import shared
+
+    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    return getattr(info, "filename", None)
+
     def token_rows(self, ids: Sequence[int]) -> torch.Tensor:
         table = self.table.weight
         with torch.no_grad():

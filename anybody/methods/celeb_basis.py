@@ -120,7 +120,7 @@ def make_views(host: Host, people: Sequence[Person], recognizer: FaceRecognizer,
                     crop = color_jitter(crop, gen)
                     crops.append(crop)
                     targets.append(paste_on_black(crop, gen, config.min_scale))
-                features.append(recognizer(recognizer_view(torch.stack(crops) * 2 - 1)))
+                features.append(recognizer(recognizer_view(_at_512(torch.stack(crops)) * 2 - 1)))
                 mean, std = host.encode_images(torch.stack(targets).permute(0, 2, 3, 1))
                 means.append(mean.float().cpu())
                 stds.append(std.float().cpu())
@@ -149,11 +149,34 @@ def unit_coefficients(params, key: str, features: torch.Tensor) -> torch.Tensor:
     return hidden / hidden.norm(dim=-1, keepdim=True).clamp_min(1e-12)
 
 
+COUNTS = "samples"  # the EMA buffer that counts each person's updates
+
+
+def new_ema(keys: Sequence[str], people: int, components: int) -> dict[str, torch.Tensor]:
+    """Per text encoder, each person's coefficient EMA ``[people, 2, K]`` from zero, and their update counts."""
+    ema = {k: torch.zeros(people, N_TOKENS, components) for k in keys}
+    ema[COUNTS] = torch.zeros(people)
+    return ema
+
+
 def ema_update(ema: dict[str, torch.Tensor], who: torch.Tensor, alpha: dict[str, torch.Tensor], decay: float) -> None:
     """``c_person <- decay * c_person + (1 - decay) * alpha``, once per sample, in batch order (spec §6)."""
     for b, person in enumerate(who.tolist()):
         for key, a in alpha.items():
             ema[key][person].mul_(decay).add_(a[b].to(ema[key]), alpha=1 - decay)
+        ema[COUNTS][person] += 1
+
+
+def ema_coefficients(ema: dict[str, torch.Tensor], person: int, decay: float, name: str) -> dict[str, torch.Tensor]:
+    """The person's EMA divided by ``1 - decay^n`` (n: their updates): the decay-weighted mean of the coefficients
+    they were trained with. The official EMA starts from a shared random vector instead; after the paper's ~800
+    updates 0.03 % of it remains, but after a short run it would dominate the exported identity."""
+    updates = int(ema[COUNTS][person])
+    if updates == 0:
+        raise BadInputError(f"'{name}' was never drawn in this short run, so nothing was learned for them. Raise "
+                            "'steps' (the paper uses 400 per person) and run again with saved_progress 'resume' "
+                            "(CLI: --resume): the run continues where it stopped.")
+    return {k: v[person] / (1 - decay ** updates) for k, v in ema.items() if k != COUNTS}
 
 
 def celeb_basis_loss(host: Host, params: dict[str, torch.Tensor], basis: CelebBasis, views: TrainingViews,
@@ -330,7 +353,12 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
     basis = load_or_build(host.encoders, celeb_names, host.state_dir() / "celeb_basis", config.components,
                           config.rows, host.sink.log)
     host.sink.check_cancel()
-    views = make_views(host, people, recognizer, config)
+    try:
+        views = make_views(host, people, recognizer, config)
+    except BaseException as exc:
+        if not isinstance(exc, AnybodyError) and is_out_of_memory(exc):
+            raise out_of_memory("while preparing the training views (VAE and recognizer)") from exc
+        raise
     templates = read_lines(TEMPLATES)
     total = config.steps * len(people)
     try:
@@ -338,8 +366,7 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
             gen = torch.Generator().manual_seed(config.seed)
             params = {k: v.to(host.device).requires_grad_(True)
                       for k, v in new_heads(list(basis.tensors), config.components, gen).items()}
-            shared_start = torch.randn(N_TOKENS, config.components, generator=gen)  # every EMA slot's start
-            ema = {k: shared_start.repeat(len(people), 1, 1) for k in basis.tensors}
+            ema = new_ema(list(basis.tensors), len(people), config.components)
             optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
                                           weight_decay=config.weight_decay)
             start = state.load(params, optimizer, ema) if resuming else 0
@@ -367,7 +394,7 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
         raise
     results = []
     for index, (name, target) in enumerate(zip(names, targets)):
-        coefficients = {k: ema[k][index] for k in basis.tensors}
+        coefficients = ema_coefficients(ema, index, config.ema_decay, name)
         identity = Identity(name, host.family, basis.vectors(coefficients), "celeb_basis", {
             **basis.metadata(), RESULT_KEY: key, "anybody.steps": str(total), "anybody.lr": str(config.lr),
             "anybody.seed": str(config.seed), "anybody.resolution": str(size), "anybody.source_images":
@@ -386,6 +413,14 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
     host.sink.log(f"Saved {', '.join(str(r.path) for r in results)} — write <name> (or embedding:name in ComfyUI) "
                   "in a prompt, e.g. 'a photo of <name> person'.")
     return results
+
+
+def _at_512(crops: torch.Tensor) -> torch.Tensor:
+    """The recognizer branch sees the 512 px crop the paper used, whatever the training resolution (an SDXL 1024
+    crop is antialiased down first; the official 512 -> 112 step itself stays as it was)."""
+    if crops.shape[-1] == 512:
+        return crops
+    return F.interpolate(crops, size=(512, 512), mode="bilinear", align_corners=False, antialias=True)
 
 
 def _square(face: torch.Tensor, size: int) -> torch.Tensor:

@@ -70,7 +70,8 @@ def build_basis(encoder: TextEncoder, names: Sequence[str], components: int = N_
             raise BadInputError(f"Only {len(col)} names have a BPE token at position {c + 1}; a basis of {components} "
                                 f"directions needs more than {components}. Use a longer name list (the paper's "
                                 "wiki_names_v2.txt or the bundled one).")
-    return torch.stack([pca_rows(encoder.token_rows(col), components)[0] for col in columns])
+    # rows rounded through fp16, as the table digest is: an fp16 and an fp32 load of one checkpoint build one basis
+    return torch.stack([pca_rows(encoder.token_rows(col).half().float(), components)[0] for col in columns])
 
 
 @dataclass

@@ -699,8 +699,10 @@ def test_celeb_basis_example_trains_two_people_and_one_prompt_uses_both(comfy_en
     assert not torch.equal(alice.vectors["clip_l"], bob.vectors["clip_l"])
     assert alice.metadata["anybody.celeb_basis.people"] == "cb_alice,cb_bob"
 
-    ex, errors = comfy_env["run"](graph)  # queued again (cache evicted by a changed prompt): reused, not retrained
+    graph["7"]["inputs"]["preview_every"] = 2  # the node runs again (an input changed) but the result cannot differ
+    ex, errors = comfy_env["run"](graph)
     assert ex.success, errors
+    assert "not retrained" in ex.history_result["outputs"]["7"]["text"][-1], ex.history_result["outputs"]["7"]
 
     # the node's CLIP reads both people exactly as the stock loader reads the saved files
     model, clip, vae = _load_tiny(comfy_env)
