@@ -117,3 +117,14 @@ def test_fixes_splice_each_run_of_vectors_after_its_offset():
 
 def test_infotext_round_trip():
     assert parse_infotext("ohwx=faces/annie.safetensors@1a2b3c4d") == ("faces/annie.safetensors", "ohwx")
+
+
+def test_every_host_adapter_implements_the_whole_host_seam():
+    """The webui and ComfyUI adapters only run inside their hosts; a method they lack must still fail here, in CI."""
+    import inspect
+
+    from anybody.host import a1111, comfy, diffusers
+
+    for cls in (a1111.A1111TextEncoder, a1111.A1111Host, comfy.ComfyTextEncoder, comfy.ComfyHost,
+                diffusers.DiffusersTextEncoder, diffusers.DiffusersHost):
+        assert not inspect.isabstract(cls), (cls.__name__, sorted(cls.__abstractmethods__))

@@ -135,16 +135,6 @@ class A1111TextEncoder(TextEncoder):
             _TABLE_DIGESTS[key] = super().table_digest()
         return _TABLE_DIGESTS[key]
 
-
-_TABLE_DIGESTS: dict[tuple, str] = {}
-
-
-def _checkpoint_file() -> str | None:
-    from modules import shared
-
-    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
-    return getattr(info, "filename", None)
-
     def token_rows(self, ids: Sequence[int]) -> torch.Tensor:
         table = self.table.weight
         with torch.no_grad():
@@ -159,6 +149,16 @@ def _checkpoint_file() -> str | None:
         z = self.wrapper.process_tokens([ids for ids, _ in laid_out], [[1.0] * len(ids) for ids, _ in laid_out])
         pooled = getattr(z, "pooled", None)
         return z.float(), (pooled.float() if pooled is not None else None)
+
+
+_TABLE_DIGESTS: dict[tuple, str] = {}
+
+
+def _checkpoint_file() -> str | None:
+    from modules import shared
+
+    info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    return getattr(info, "filename", None)
 
 
 def text_encoders(sd_model) -> dict[str, A1111TextEncoder]:
