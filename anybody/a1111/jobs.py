@@ -163,7 +163,8 @@ def celeb_basis(images: Sequence[torch.Tensor], fields: dict[str, Any], config, 
                 file_names: Sequence[str] | None = None) -> dict[str, Any]:
     """Train one or several people on the loaded model; write ``<name>.safetensors`` for each and make the webui
     load them."""
-    from ..methods.celeb_basis import check_settings, group_photos, people_from_photos, train_celeb_basis
+    from ..methods.celeb_basis import (EXPERIMENTAL, check_settings, group_photos, people_from_photos,
+                                       train_celeb_basis)
 
     check_settings([name for name, _ in group_photos(fields["names"], len(images))], config,
                    names_path(fields["names_file"]))
@@ -175,6 +176,8 @@ def celeb_basis(images: Sequence[torch.Tensor], fields: dict[str, Any], config, 
         warnings.append(message)
         host.sink.log(message)
 
+    if host.family in EXPERIMENTAL:
+        note(f"{EXPERIMENTAL[host.family]}.")
     models = face_models(fields["face_model"])
     people = people_from_photos(models, images, fields["names"], config.resolution or default_resolution(host),
                                 file_names, note)

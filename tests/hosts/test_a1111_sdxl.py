@@ -87,3 +87,28 @@ def test_sdxl_training_writes_two_encoder_embedding_the_webui_loads(webui):
     bound = webui.post("/sdapi/v1/txt2img", {**body, "alwayson_scripts": {
         "anybody identity": {"args": [True, "xlface.safetensors", "ohwx"]}}})
     assert "Anybody: ohwx=xlface.safetensors@" in bound["info"]
+
+
+def test_sdxl_celeb_basis_trains_a_head_per_encoder_and_binds_without_a_table_warning(webui):
+    pytest.importorskip("onnx")
+    import numpy as np
+    from a1111_harness import png_b64
+    from safetensors import safe_open
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from face_onnx import build_pack, paint_face
+
+    build_pack(webui.data / "models" / "insightface", "xlpack")
+    photo = np.full((480, 640, 3), 110, np.uint8)
+    paint_face(photo, 320, 240, blue=90)
+    result = webui.post("/anybody/v1/train/celeb-basis", {
+        "images": [png_b64(photo)], "names": "xlceleb", "face_model": "xlpack", "steps": 2, "resolution": 64,
+        "views": 2, "save_every": 0})
+    assert result["family"] == "sdxl" and any("experimental" in w for w in result["warnings"]), result
+    with safe_open(result["people"][0]["path"], "pt") as f:
+        assert {k: tuple(f.get_tensor(k).shape) for k in f.keys()} == {"clip_l": (2, 768), "clip_g": (2, 1280)}
+        assert {"anybody.token_table.clip_l", "anybody.token_table.clip_g"} <= set(f.metadata())
+    body = {"prompt": "photo of ohwx", "steps": 1, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 3}
+    bound = webui.post("/sdapi/v1/txt2img", {**body, "alwayson_scripts": {
+        "anybody identity": {"args": [True, "xlceleb.safetensors", "ohwx"]}}})
+    assert "Anybody: ohwx=xlceleb.safetensors@" in bound["info"] and "token table differs" not in bound["info"]
