@@ -99,8 +99,8 @@ def test_bundled_list_gives_both_columns_enough_rows(host):
 def test_basis_is_orthonormal_centred_ordered_sign_fixed_and_stable(host):
     enc = host.encoders["clip_l"]
     names = read_lines(BUNDLED_NAMES)
-    basis = cs.build_basis(enc, names)
-    assert basis.shape == (2, 513, 768) and basis.dtype == torch.float32
+    basis, ranks = cs.build_basis(enc, names)
+    assert basis.shape == (2, 513, 768) and basis.dtype == torch.float32 and min(ranks) >= 512
     columns = cs.name_token_columns(enc, names)
     for c in range(2):
         directions = basis[c, 1:]
@@ -108,11 +108,11 @@ def test_basis_is_orthonormal_centred_ordered_sign_fixed_and_stable(host):
         assert (gram - torch.eye(512)).abs().max() < 1e-5
         rows = enc.token_rows(columns[c]).half().float()  # the table as its fp16-rounded digest sees it
         assert torch.allclose(basis[c, 0], rows.double().mean(0).float(), atol=1e-6)
-        _, singular = cs.pca_rows(rows, 512)
+        _, singular, _ = cs.pca_rows(rows, 512)
         assert (singular > 0).all() and (singular[1:] <= singular[:-1]).all()
         biggest = directions.abs().argmax(1)
         assert (directions[torch.arange(512), biggest] > 0).all()  # the sign rule
-    assert cs.tensor_digest(cs.build_basis(enc, names)) == cs.tensor_digest(basis)
+    assert cs.tensor_digest(cs.build_basis(enc, names)[0]) == cs.tensor_digest(basis)
 
 
 def test_projection_round_trip_is_exact_and_unit_distance_from_the_mean():
@@ -130,8 +130,23 @@ def test_projection_round_trip_is_exact_and_unit_distance_from_the_mean():
 def test_too_few_names_for_the_components_is_a_clear_error(host):
     with pytest.raises(BadInputError, match="Only .* names have a BPE token at position 1"):
         cs.build_basis(host.encoders["clip_l"], read_lines(BUNDLED_NAMES)[:100])
-    with pytest.raises(BadInputError, match="independent directions"):
-        cs.pca_rows(torch.randn(3, 8).repeat(20, 1), 5)  # 60 rows, rank 2
+    with pytest.raises(BadInputError, match="same token"):
+        cs.pca_rows(torch.ones(20, 8), 5)
+
+
+def test_names_spanning_fewer_directions_get_a_fixed_orthonormal_completion():
+    """The paper's own list spans 408 directions in column 1 (repeated first names) for 512 components: the data
+    directions come first, then fixed directions orthogonal to them, the same on every run."""
+    distinct = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    rows = distinct.repeat(20, 1)  # 60 rows, 3 distinct: the centred rows span 2 directions
+    basis, singular, rank = cs.pca_rows(rows, 5)
+    directions = basis[1:].double()
+    assert rank == 2 and basis.shape == (6, 8)
+    assert (directions @ directions.T - torch.eye(5, dtype=torch.float64)).abs().max() < 1e-6
+    centred = rows.double() - rows.double().mean(0)
+    assert torch.allclose(centred @ directions[2:].T, torch.zeros(60, 3, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose((centred @ directions[:2].T) @ directions[:2], centred, atol=1e-5)  # data span first
+    assert torch.equal(cs.pca_rows(rows.clone(), 5)[0], basis)
 
 
 def test_basis_cache_is_reused_rebuilt_when_damaged_and_keyed_by_the_token_table(tmp_path):
@@ -548,3 +563,18 @@ def test_a_celeb_basis_identity_from_another_table_seeding_cross_init_is_warned_
                         init_identity=foreign)
     assert any("start identity 'alice' was trained on a checkpoint whose text encoder token table differs" in m
                for m in host.sink.logs), host.sink.logs
+
+
+def test_a_list_of_repeated_first_names_like_the_papers_builds_and_says_so(tmp_path):
+    """The paper's wiki_names_v2.txt repeats first names (646 rows, 409 distinct ids in column 1, rank 408 < 512):
+    the product must accept such a list (here 30 first names x 20 surnames) and say the basis was completed."""
+    bundled = read_lines(BUNDLED_NAMES)
+    firsts = list(dict.fromkeys(n.split()[0] for n in bundled if " " in n))[:30]
+    lasts = list(dict.fromkeys(n.split()[-1] for n in bundled if " " in n))[:20]
+    names = [f"{f} {s}" for f in firsts for s in lasts]
+    logs = []
+    table = torch.randn(49408, 64, generator=torch.Generator().manual_seed(1))
+    basis = cs.load_or_build({"clip_l": TableEncoder(table)}, names, tmp_path, components=48, log=logs.append)
+    directions = basis.tensors["clip_l"][:, 1:]
+    assert torch.allclose(directions @ directions.transpose(1, 2), torch.eye(48).expand(2, 48, 48), atol=1e-5)
+    assert any("fewer than 48 directions" in m and "fixed orthonormal directions" in m for m in logs), logs

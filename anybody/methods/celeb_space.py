@@ -44,26 +44,52 @@ def name_token_columns(encoder: TextEncoder, names: Sequence[str], mode: str = "
     return columns
 
 
-def pca_rows(rows: torch.Tensor, components: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[components + 1, D]``: the mean row, then the leading principal directions (float64 SVD, sign-fixed);
-    and the singular values. Fewer independent rows than directions asked for is a :class:`BadInputError`."""
+def complete_orthonormal(directions: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` unit vectors orthogonal to ``directions`` [r, D] and to each other, by Gram-Schmidt over the standard
+    basis e_1, e_2, ... (twice, for float64 accuracy): fixed, unlike the arbitrary null-space rows an SVD returns."""
+    found = [d for d in directions.double()]
+    extra = []
+    for i in range(directions.shape[1]):
+        if len(extra) == count:
+            break
+        v = torch.zeros(directions.shape[1], dtype=torch.float64)
+        v[i] = 1.0
+        for _ in range(2):
+            for u in found:
+                v = v - (v @ u) * u
+        norm = v.norm()
+        if norm > 1e-6:
+            found.append(v / norm)
+            extra.append(v / norm)
+    return torch.stack(extra) if extra else directions.new_zeros(0, directions.shape[1]).double()
+
+
+def pca_rows(rows: torch.Tensor, components: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``[components + 1, D]``: the mean row, then the leading principal directions (float64 SVD, sign-fixed); the
+    singular values; and the rank of the centred rows.
+
+    When the rows span fewer than ``components`` directions (repeated token ids: the paper's own list gives 408 in
+    column 1), the basis is completed with fixed orthonormal directions outside their span; the official code keeps
+    whatever null-space rows its SVD returned there.
+    """
     x = rows.double()
     mean = x.mean(0)
     _, singular, vh = torch.linalg.svd(x - mean, full_matrices=False)
-    if len(singular) < components or singular[components - 1] <= singular[0] * 1e-9:
-        rank = int((singular > singular[0] * 1e-9).sum())
-        raise BadInputError(f"The name list spans only {rank} independent directions in this column of the token "
-                            f"table; the basis needs {components}. Use a longer list (the paper's has 646 distinct "
-                            f"names; the bundled one 1,180) or fewer components.")
-    directions = vh[:components]
+    rank = int((singular > singular[0] * 1e-9).sum()) if len(singular) and singular[0] > 0 else 0
+    if rank == 0:
+        raise BadInputError("All names give the same token in this position, so there is nothing to build a basis "
+                            "from. Use a real list of names (the paper's wiki_names_v2.txt or the bundled one).")
+    directions = vh[:min(rank, components)]
     biggest = directions.abs().argmax(dim=1)
-    directions = directions * directions[torch.arange(components), biggest].sign()[:, None]
-    return torch.cat([mean[None], directions]).float(), singular[:components].float()
+    directions = directions * directions[torch.arange(len(directions)), biggest].sign()[:, None]
+    if len(directions) < components:
+        directions = torch.cat([directions, complete_orthonormal(directions, components - len(directions))])
+    return torch.cat([mean[None], directions]).float(), singular[:components].float(), rank
 
 
 def build_basis(encoder: TextEncoder, names: Sequence[str], components: int = N_COMPONENTS,
-                mode: str = "as_built") -> torch.Tensor:
-    """``[2, components + 1, D]`` for one text encoder."""
+                mode: str = "as_built") -> tuple[torch.Tensor, list[int]]:
+    """``[2, components + 1, D]`` for one text encoder, and the rank the names span in each column."""
     columns = name_token_columns(encoder, names, mode)
     for c, col in enumerate(columns):
         if len(col) <= components:
@@ -71,7 +97,8 @@ def build_basis(encoder: TextEncoder, names: Sequence[str], components: int = N_
                                 f"directions needs more than {components}. Use a longer name list (the paper's "
                                 "wiki_names_v2.txt or the bundled one).")
     # rows rounded through fp16, as the table digest is: an fp16 and an fp32 load of one checkpoint build one basis
-    return torch.stack([pca_rows(encoder.token_rows(col).half().float(), components)[0] for col in columns])
+    built = [pca_rows(encoder.token_rows(col).half().float(), components) for col in columns]
+    return torch.stack([b for b, _, _ in built]), [rank for _, _, rank in built]
 
 
 @dataclass
@@ -136,7 +163,12 @@ def load_or_build(encoders: Mapping[str, TextEncoder], names: Sequence[str], fol
             if basis is None and log:
                 log(f"The cached Celeb Basis {path.name} is damaged; building it again.")
         if basis is None:
-            basis = build_basis(encoder, names, components, mode)
+            basis, ranks = build_basis(encoder, names, components, mode)
+            short = [f"position {c + 1}: {r}" for c, r in enumerate(ranks) if r < components]
+            if short and log:
+                log(f"The names span fewer than {components} directions of the {key} token table ({', '.join(short)}); "
+                    "the rest of the basis is filled with fixed orthonormal directions (as the official code does with "
+                    "the paper's own list, whose repeated first names span 408).")
             meta = {"anybody.basis_digest": tensor_digest(basis), "anybody.token_table": digests[key],
                     "anybody.names": names_key, "anybody.rows": mode}
             path.parent.mkdir(parents=True, exist_ok=True)
