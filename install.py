@@ -20,7 +20,7 @@ import tempfile
 
 CORE = ["safetensors>=0.4", "numpy", "pillow", "scikit-image"]
 CLI = ["diffusers>=0.30", "transformers>=4.40"]
-DEV = ["pytest>=7", "onnx"]
+DEV = ["pytest>=7", "onnx", "peft"]  # peft: diffusers' load_lora_weights, the round-trip test of our LoRA files
 HOST_OWNED = ("torch", "torchvision", "torchaudio", "gradio", "fastapi", "pydantic", "transformers", "numpy", "pillow",
               "safetensors", "setuptools", "protobuf")
 ONNX_PACKAGES = ("onnxruntime", "onnxruntime-gpu")

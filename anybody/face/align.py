@@ -85,3 +85,21 @@ def landmark_mask(landmarks_in_crop: np.ndarray, size: int, feather: float = 0.0
     u, v = c * dx + s * dy, -s * dx + c * dy
     r = np.sqrt((u / ax) ** 2 + (v / ay) ** 2)
     return np.clip((1 + feather - r) / (2 * feather), 0, 1).astype(np.float32)
+
+
+def warp_differentiable(images: "torch.Tensor", matrices, size: int) -> "torch.Tensor":
+    """``warp_to_crop`` in torch, differentiable with respect to the images (the identity loss backpropagates through
+    it): ``images [B,C,H,W]``, ``matrices [B,2,3]`` source pixels -> crop pixels (cv2's pixel-centre convention),
+    bilinear, black outside."""
+    import torch
+    import torch.nn.functional as F
+
+    b, _, h, w = images.shape
+    m = torch.as_tensor(np.asarray(matrices), dtype=torch.float64).reshape(b, 2, 3)
+    full = torch.cat([m, torch.tensor([[[0.0, 0.0, 1.0]]], dtype=torch.float64).expand(b, 1, 3)], dim=1)
+    to_crop_pixels = torch.tensor([[size / 2, 0, (size - 1) / 2], [0, size / 2, (size - 1) / 2], [0, 0, 1]],
+                                  dtype=torch.float64)  # normalised crop coords -> crop pixels
+    to_source_normalised = torch.tensor([[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]], dtype=torch.float64)
+    theta = (to_source_normalised @ torch.linalg.inv(full) @ to_crop_pixels)[:, :2]
+    grid = F.affine_grid(theta.to(images.dtype).to(images.device), [b, images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
