@@ -87,7 +87,7 @@ def landmark_mask(landmarks_in_crop: np.ndarray, size: int, feather: float = 0.0
     return np.clip((1 + feather - r) / (2 * feather), 0, 1).astype(np.float32)
 
 
-def warp_differentiable(images: "torch.Tensor", matrices, size: int) -> "torch.Tensor":
+def warp_differentiable(images, matrices, size: int):
     """``warp_to_crop`` in torch, differentiable with respect to the images (the identity loss backpropagates through
     it): ``images [B,C,H,W]``, ``matrices [B,2,3]`` source pixels -> crop pixels (cv2's pixel-centre convention),
     bilinear, black outside."""

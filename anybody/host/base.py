@@ -171,6 +171,11 @@ class Host(ABC):
         with torch.inference_mode(False), torch.enable_grad(), self.checkpointing(checkpointing):
             yield
 
+    def cross_attention_maps(self, level: int = 2):
+        """A context that records the cross-attention probabilities of the UNet's ``level`` layers with their
+        autograd graph, yielding a ``train.attention_maps.AttentionStore`` (MagiCapture's refocusing loss)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot capture cross-attention maps yet")
+
     @contextlib.contextmanager
     def checkpointing(self, enabled: bool) -> Iterator[None]:
         """Recompute UNet block activations in the backward pass: less memory, about a third more time."""

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 
 from ..text.prompt import PromptRows
+from ..train.attention_maps import AttentionStore, level_of, probabilities
 from ..train.sink import ConsoleSink, ProgressSink
 from .base import Cond, Host, TextEncoder
 from .half_weights import freeze_weights
@@ -127,6 +128,25 @@ class DiffusersHost(Host):
         return out.float()
 
     @contextlib.contextmanager
+    def cross_attention_maps(self, level: int = 2) -> Iterator[AttentionStore]:
+        """Record the cross-attention probabilities of the UNet's ``level`` layers (see ``train.attention_maps``)."""
+        config = self.unet.config
+        targets = {name: module for name, module in self.unet.named_modules()
+                   if name.endswith(".attn2") and level_of(name, len(config.block_out_channels),
+                                                           config.layers_per_block) == level}
+        if not targets:
+            raise ValueError(f"this UNet has no cross-attention layers at level {level}")
+        store = AttentionStore()
+        saved = {name: module.processor for name, module in targets.items()}
+        for module in targets.values():
+            module.set_processor(_CapturingProcessor(store))
+        try:
+            yield store
+        finally:
+            for name, module in targets.items():
+                module.set_processor(saved[name])
+
+    @contextlib.contextmanager
     def checkpointing(self, enabled: bool):
         if not enabled:
             yield
@@ -145,6 +165,30 @@ class DiffusersHost(Host):
 
     def state_dir(self) -> Path:
         return self.out_dir / "training_state"
+
+
+class _CapturingProcessor:
+    """A diffusers attention processor for plain cross-attention that computes the probabilities explicitly and
+    hands them to the store (the layers SD UNets use: no masks, no group or spatial norms)."""
+
+    def __init__(self, store: AttentionStore) -> None:
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        batch, tokens, _ = hidden_states.shape
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        heads = attn.heads
+        q, k, v = (x.view(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+                   for x in (attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)))
+        probs = probabilities(q, k)
+        self.store.record(probs)
+        out = (probs.to(v.dtype) @ v).transpose(1, 2).reshape(batch, tokens, -1)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if attn.residual_connection:
+            out = out + hidden_states
+        return out / attn.rescale_output_factor
 
 
 def _alphas_cumprod(config: dict) -> torch.Tensor:
