@@ -172,3 +172,61 @@ def test_kohya_round_trip_metadata_and_bad_files(tiny, tmp_path):
     wrong = {n: (d[:2], u[:, :2], a) for n, (d, u, a) in weights.items()}
     with pytest.raises(ModelFileError, match="another base model or rank"):
         lora.load_into(fresh_unet, wrong)
+
+
+def test_adapters_train_through_the_host_and_the_kohya_file_reproduces_the_hosts_output(host, tmp_path):
+    """The product's own loop: adapters from ``host.lora_layers`` trained with ``host.training(adapters=...)`` lower
+    a fixed denoising loss; the exported file, loaded by diffusers, gives the host's adapted prediction."""
+    import torch.nn.functional as F
+
+    from anybody.train import diffusion
+    from anybody.train.engine import Trainer
+
+    with torch.inference_mode():  # as a ComfyUI node makes them: the adapters must still train
+        sets = lora.for_host(host, lora.MAGICAPTURE_TARGETS, generator=torch.Generator().manual_seed(0))
+    assert len(sets["unet"]) > 0 and len(sets["te"]) == 2 * 4  # tiny CLIP: 2 layers x q/k/v/out
+    params = {f"{tree}.{n}": p for tree, s in sets.items() for n, p in s.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    z0 = torch.randn(4, 4, 8, 8, generator=g)
+    probe_t, probe_eps = torch.randint(0, 1000, (8,), generator=g), torch.randn(8, 4, 8, 8, generator=g)
+
+    def probe() -> float:
+        a = host.alphas_cumprod.float()[probe_t].view(-1, 1, 1, 1)
+        x_t = diffusion.noisy(z0.repeat(2, 1, 1, 1), probe_eps, a)
+        with torch.no_grad():
+            cond = host.encode_prompts(["a photo of a person"] * 8)
+            return F.mse_loss(host.predict(x_t, probe_t, cond), probe_eps).item()
+
+    with host.training(adapters=sets):
+        before = probe()
+        optimizer = torch.optim.AdamW(list(params.values()), lr=1e-2)
+        loss_fn = lambda gen: diffusion.denoising_loss(host, z0, lambda _: host.encode_prompts(["a photo of a person"] * 4), gen)
+        Trainer(params, optimizer, loss_fn, host.sink, 15, seed=0).run()
+        after = probe()
+        x, t = torch.randn(1, 4, 8, 8), torch.tensor([300])
+        with torch.no_grad():
+            ours = host.predict(x, t, host.encode_prompts(["a photo of a person"]))
+    assert after < before - 1e-4, (before, after)
+    with torch.no_grad():  # the adapters are gone after training: the host is as it was
+        plain = host.predict(x, t, host.encode_prompts(["a photo of a person"]))
+    assert not torch.allclose(plain, ours, atol=1e-4)
+    path = lora.save_kohya(tmp_path / "trained.safetensors", lora.kohya_tensors(*sets.values()),
+                           lora.kohya_metadata(4, "sd_v1", "trained"))
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    from anybody.host.tiny import SD_SCHEDULER
+
+    te = host.encoders["clip_l"]
+    pipe = StableDiffusionPipeline(vae=host.vae, text_encoder=te.model, tokenizer=te.tokenizer, unet=host.unet,
+                                   scheduler=DDIMScheduler(**SD_SCHEDULER), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.load_lora_weights(str(path))
+    try:
+        with torch.no_grad():
+            hidden, _ = pipe.encode_prompt("a photo of a person", "cpu", 1, False)
+            theirs = pipe.unet(x, t, encoder_hidden_states=hidden).sample
+        assert torch.allclose(theirs, ours, atol=1e-4)
+    finally:
+        pipe.unload_lora_weights()  # the session's shared tiny host must leave as it came
+    with torch.no_grad():
+        assert torch.equal(host.predict(x, t, host.encode_prompts(["a photo of a person"])), plain)

@@ -375,12 +375,15 @@ class A1111Host(Host):
 
     # --- runtime ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def training(self, batch_pixels: int = 0, checkpointing: bool = False) -> Iterator[None]:
+    def training(self, batch_pixels: int = 0, checkpointing: bool = False, adapters=None) -> Iterator[None]:
         """Frozen weights that fill no gradients, the webui's attention setting for training, VAE off the GPU
         when the user's option says so. Each change is registered with its undo as it is made, so an error or
         out-of-memory anywhere puts every one of them back."""
         from modules import devices, sd_hijack, shared
 
+        if adapters:
+            raise NotImplementedError("LoRA training through the webui is not built yet (MagiCapture: ComfyUI and the "
+                                      "command line first).")
         self.require_whole_model()
         with contextlib.ExitStack() as undo:
             undo.callback(devices.torch_gc)

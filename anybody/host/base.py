@@ -5,13 +5,16 @@ import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 import torch
 
 from ..text.embedding_file import FAMILY_ENCODERS
 from ..text.prompt import PromptRows, prompt_rows
 from ..train.sink import ProgressSink
+
+if TYPE_CHECKING:
+    from ..train.lora import LoRASet
 
 #: word as written in the prompt -> encoder key -> [n, D] vectors
 Injections = Mapping[str, Mapping[str, torch.Tensor]]
@@ -162,13 +165,41 @@ class Host(ABC):
 
     # --- runtime ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def training(self, batch_pixels: int = 0, checkpointing: bool = False) -> Iterator[None]:
+    def training(self, batch_pixels: int = 0, checkpointing: bool = False,
+                 adapters: Mapping[str, "LoRASet"] | None = None) -> Iterator[None]:
         """Everything gradient-based runs inside this, after the latents are encoded.
 
         Hosts that run nodes under inference mode escape it here and load their models once for the whole run;
-        ``batch_pixels`` (batch x H x W) lets them reserve activation memory.
+        ``batch_pixels`` (batch x H x W) lets them reserve activation memory. ``adapters`` (tree -> LoRA set, from
+        ``lora_layers``) act on the UNet and text encoders for the duration, through the host's own mechanism.
         """
-        with torch.inference_mode(False), torch.enable_grad(), self.checkpointing(checkpointing):
+        with torch.inference_mode(False), torch.enable_grad(), self.checkpointing(checkpointing), \
+                self.adapted(adapters or {}):
+            yield
+
+    # --- LoRA -------------------------------------------------------------------------------------------
+    def lora_roots(self) -> dict[str, torch.nn.Module]:
+        """tree ("unet", "te") -> the module whose layers adapters attach to (hosts that hook modules)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot train LoRAs yet")
+
+    def lora_layers(self, tree: str, patterns: Sequence[str]) -> list[tuple[str, str, torch.nn.Linear]]:
+        """``(host path, canonical path, layer)`` of the linear layers of ``tree`` matching ``patterns``; the
+        canonical path (diffusers UNet / HF CLIP layout) names the adapter in kohya files."""
+        from ..train.lora import clip_path, find_targets
+
+        canonical = (lambda p: p) if tree == "unet" else clip_path
+        return [(path, canonical(path), layer) for path, layer in find_targets(self.lora_roots()[tree], patterns)]
+
+    @contextlib.contextmanager
+    def adapted(self, adapters: Mapping[str, "LoRASet"]) -> Iterator[None]:
+        """The adapters acting on their layers (forward hooks here; hosts with a patch mechanism override)."""
+        from ..train.lora import hooked
+
+        roots = self.lora_roots() if adapters else {}
+        with contextlib.ExitStack() as stack:
+            for tree, adapter_set in adapters.items():
+                adapter_set.to(self.device)
+                stack.enter_context(hooked(roots[tree], adapter_set))
             yield
 
     def cross_attention_maps(self, level: int = 2):

@@ -234,6 +234,8 @@ def _prediction_of(model_sampling) -> str:
 
 #: rough activation memory of one training sample per pixel, fp16, no checkpointing (an estimate, reserved so
 #: ComfyUI frees other models before loading; the GPU acceptance script measures the real figure)
+#: LoRA tree -> the text encoder's attribute on ComfyUI's CLIP model, per family (kohya: te, or te1/te2 for SDXL)
+_LORA_TREES = {"sd1": {"te": "clip_l"}, "sd2": {"te": "clip_h"}, "sdxl": {"te1": "clip_l", "te2": "clip_g"}}
 _ACTIVATION_BYTES_PER_PIXEL = {"sd1": 6 * 1024, "sd2": 6 * 1024, "sdxl": 4 * 1024}
 
 
@@ -299,9 +301,69 @@ class ComfyHost(Host):
         self.clip.load_model()
         return self.clip
 
+    def lora_layers(self, tree: str, patterns) -> list[tuple[str, str, torch.nn.Module]]:
+        """Layers of the graph's MODEL/CLIP by state-dict key (the training copies have the same keys): UNet paths
+        in the LDM layout are translated to diffusers paths, CLIP paths to the HF layout, for the kohya names."""
+        from ..train.lora import clip_path, find_targets, ldm_to_diffusers
+
+        if tree == "unet":
+            blocks = self.model.model.model_config.unet_config.get("num_res_blocks", 2)
+            per_level = blocks[0] if isinstance(blocks, (list, tuple)) else blocks
+            root = self.model.model.diffusion_model
+            return [(f"diffusion_model.{p}", ldm_to_diffusers(p, per_level), layer)
+                    for p, layer in find_targets(root, patterns)]
+        key = _LORA_TREES[self.family].get(tree)
+        if key is None:
+            raise ValueError(f"no text encoder {tree!r} in {FAMILY_LABEL[self.family]}")
+        root = getattr(self.clip.cond_stage_model, key).transformer
+        return [(f"{key}.transformer.{p}", clip_path(p), layer) for p, layer in find_targets(root, patterns)]
+
     @contextlib.contextmanager
-    def training(self, batch_pixels: int = 0, checkpointing: bool = False) -> Iterator[None]:
-        """Make and load the training copies (UNet + text encoders) once; unload them afterwards."""
+    def cross_attention_maps(self, level: int = 2):
+        """attn2 replace patches (ComfyUI's own hook for attention) on the training copy's level-``level`` blocks:
+        those compute the probabilities explicitly and record them; every other layer keeps ComfyUI's attention."""
+        from ..train.attention_maps import AttentionStore, level_of, probabilities
+
+        patcher = self.active_model()
+        config = patcher.model.model_config.unet_config
+        blocks = config.get("num_res_blocks", 2)
+        per_level = blocks[0] if isinstance(blocks, (list, tuple)) else blocks
+        levels = len(config.get("channel_mult", (1, 2, 4, 4)))
+        keys = []
+        for name, _ in patcher.model.diffusion_model.named_modules():
+            m = re.match(r"^(input|output)_blocks\.(\d+)\.1\.transformer_blocks\.(\d+)\.attn2$", name)
+            if m and level_of(name, levels, per_level) == level:
+                keys.append((m[1], int(m[2]), int(m[3])))
+        if not keys:
+            raise ValueError(f"this UNet has no cross-attention layers at level {level}")
+        store = AttentionStore()
+
+        def capture(q, k, v, extra_options):
+            heads = extra_options["n_heads"]
+            b = q.shape[0]
+            q, k, v = (x.view(b, -1, heads, x.shape[-1] // heads).transpose(1, 2) for x in (q, k, v))
+            probs = probabilities(q, k)
+            store.record(probs)
+            return (probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, -1, heads * v.shape[-1])
+
+        transformer = patcher.model_options.setdefault("transformer_options", {})
+        replace = transformer.setdefault("patches_replace", {}).setdefault("attn2", {})
+        before = {key: replace.get(key) for key in keys}
+        replace.update({key: capture for key in keys})
+        try:
+            yield store
+        finally:
+            for key, previous in before.items():
+                if previous is None:
+                    replace.pop(key, None)
+                else:
+                    replace[key] = previous
+
+    @contextlib.contextmanager
+    def training(self, batch_pixels: int = 0, checkpointing: bool = False, adapters=None) -> Iterator[None]:
+        """Make and load the training copies (UNet + text encoders) once; unload them afterwards. ``adapters`` (LoRA
+        sets from ``lora_layers``) become weight wrappers of the copies (ComfyUI's own mechanism for trainable
+        adapters): they act on every forward, differentiably, and never touch the graph's MODEL or CLIP."""
         import comfy.model_management as mm
 
         from . import comfy_training as copies
@@ -319,6 +381,11 @@ class ComfyHost(Host):
                               f"only): {', '.join(stripped)}")
             self.sink.check_cancel()
             train_clip = copies.training_clip(self.clip, train_model.load_device)
+            for tree, adapter_set in (adapters or {}).items():
+                patcher = train_model if tree == "unet" else train_clip.patcher
+                adapter_set.to(train_model.load_device)
+                for name, adapter in adapter_set.items():
+                    patcher.add_weight_wrapper(f"{adapter_set.paths[name]}.weight", adapter.weight_function)
             per_pixel = _ACTIVATION_BYTES_PER_PIXEL[self.family] * torch.finfo(self.compute_dtype).bits // 16
             reserve = batch_pixels * per_pixel // (4 if checkpointing else 1)
             try:

@@ -127,6 +127,14 @@ class DiffusersHost(Host):
                         encoder_hidden_states=cond.context.to(self.device, self.dtype), **extra).sample
         return out.float()
 
+    def lora_roots(self) -> dict[str, torch.nn.Module]:
+        roots = {"unet": self.unet}
+        if self.family in ("sd1", "sd2"):
+            roots["te"] = next(iter(self.encoders.values())).model
+        else:
+            roots["te1"], roots["te2"] = self.encoders["clip_l"].model, self.encoders["clip_g"].model
+        return roots
+
     @contextlib.contextmanager
     def cross_attention_maps(self, level: int = 2) -> Iterator[AttentionStore]:
         """Record the cross-attention probabilities of the UNet's ``level`` layers (see ``train.attention_maps``)."""

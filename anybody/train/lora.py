@@ -36,8 +36,9 @@ class LoRA(nn.Module):
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.rank, self.scale = rank, scale
-        self.down = nn.Parameter(torch.randn(rank, in_features, generator=generator) / rank)
-        self.up = nn.Parameter(torch.zeros(out_features, rank))
+        with torch.inference_mode(False):  # trainable even when made inside a host's inference mode (ComfyUI nodes)
+            self.down = nn.Parameter(torch.randn(rank, in_features, generator=generator) / rank)
+            self.up = nn.Parameter(torch.zeros(out_features, rank))
 
     def delta(self) -> torch.Tensor:
         """``scale * U D`` ``[out, in]``: what the adapter adds to the weight."""
@@ -131,6 +132,25 @@ def build(root: nn.Module, tree: str, patterns: Sequence[str], rank: int = 4, sc
     for path, layer in find_targets(root, patterns):
         adapters.add(kohya_name(tree, to_diffusers(path)), path, layer, rank, scale, generator)
     return adapters
+
+
+def for_host(host, targets: Mapping[str, Sequence[str]], rank: int = 4, scale: float = 1.0,
+             generator: torch.Generator | None = None) -> dict[str, LoRASet]:
+    """tree -> adapters for the layers of ``host`` that match the tree's patterns (``host.lora_layers``), named by
+    their canonical path and attached by the host's own path; pass the result to ``host.training(adapters=...)``."""
+    sets = {}
+    for tree, patterns in targets.items():
+        adapters = LoRASet()
+        for host_path, canonical, layer in host.lora_layers(tree, patterns):
+            adapters.add(kohya_name(tree, canonical), host_path, layer, rank, scale, generator)
+        if not len(adapters):
+            raise ValueError(f"no layer of the {tree} matches {list(patterns)}")
+        sets[tree] = adapters
+    return sets
+
+
+#: what MagiCapture adapts (spec §5), per tree
+MAGICAPTURE_TARGETS = {"unet": UNET_ATTENTION_TARGETS, "te": TEXT_ATTENTION_TARGETS}
 
 
 @contextlib.contextmanager

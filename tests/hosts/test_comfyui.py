@@ -747,3 +747,58 @@ def test_celeb_basis_on_sdxl_trains_a_head_per_encoder_and_the_stock_encoder_rea
     assert "anybody.celeb_basis.clip_g.basis" in identity.metadata
     torch.testing.assert_close(ours[0], stock[0])
     torch.testing.assert_close(ours[1]["pooled_output"], stock[1]["pooled_output"])
+
+
+def test_lora_trained_through_the_host_loads_in_the_stock_lora_loader_with_the_same_output(comfy_env, caplog):
+    """Adapters on the training copies (ComfyUI weight wrappers), trained a few steps; the kohya file through the
+    stock LoraLoader gives the UNet output and the conditioning our in-memory adapters gave. The graph's MODEL is
+    untouched, and level-chosen attention capture works through ComfyUI's attn2 patches."""
+    import logging
+
+    lora = _pack_module("anybody.train.lora")
+    diffusion = _pack_module("anybody.train.diffusion")
+    Trainer = _pack_module("anybody.train.engine").Trainer
+    model, clip, vae = _load_tiny(comfy_env)
+    before = _fixed_x0(model)
+    host = _pack_module("anybody.host.comfy").ComfyHost(model, clip, vae)
+    with torch.inference_mode():  # as the executor runs a node
+        sets = lora.for_host(host, lora.MAGICAPTURE_TARGETS, generator=torch.Generator().manual_seed(0))
+        names = {n for s in sets.values() for n, _ in s.items()}
+        assert any(n.startswith("lora_unet_down_blocks_") for n in names)
+        assert "lora_te_text_model_encoder_layers_0_self_attn_q_proj" in names
+        params = {f"{tree}.{n}": p for tree, s in sets.items() for n, p in s.named_parameters()}
+        g = torch.Generator().manual_seed(1)
+        x, t = torch.randn(1, 4, 8, 8, generator=g), torch.tensor([300])
+        with host.training(adapters=sets):
+            z0 = torch.randn(2, 4, 8, 8, generator=g)
+            encode = lambda _: host.encode_prompts(["a photo of a person"] * 2)
+            Trainer(params, torch.optim.AdamW(list(params.values()), lr=1e-2),
+                    lambda gen: diffusion.denoising_loss(host, z0, encode, gen), host.sink, 3, seed=0).run()
+            assert all(p.abs().sum() > 0 for n, p in params.items() if n.endswith(".up"))
+            with torch.no_grad():
+                cond = host.encode_prompts(["a photo of a person"])
+                ours = host.predict(x, t, cond)
+                with host.cross_attention_maps(level=0) as store:  # this tiny UNet: attention on level 0 only
+                    captured = host.predict(x, t, cond)
+                maps = store.stacked()
+        assert torch.allclose(captured, ours, atol=1e-5) and maps.shape[-1] == 77
+        assert torch.allclose(maps.sum(-1), torch.ones_like(maps.sum(-1)), atol=1e-4)
+    assert torch.equal(_fixed_x0(model), before)  # the graph's MODEL never saw the adapters
+    path = lora.save_kohya(comfy_env["base"] / "trained_lora.safetensors", lora.kohya_tensors(*sets.values()),
+                           lora.kohya_metadata(4, "sd_v1", "trained_lora"))
+    import comfy.sd
+    import comfy.utils
+
+    with caplog.at_level(logging.WARNING), torch.inference_mode():
+        model2, clip2 = comfy.sd.load_lora_for_models(model, clip, comfy.utils.load_torch_file(str(path)), 1.0, 1.0)
+    assert not [r for r in caplog.records if "lora key not loaded" in r.getMessage()]
+    stock = _pack_module("anybody.host.comfy").ComfyHost(model2, clip2, vae)
+    with torch.inference_mode():
+        theirs_cond = stock.encode_prompts(["a photo of a person"])
+        theirs = stock.predict(x, t, theirs_cond)
+    # the stock loader merges the LoRA into the CLIP's stored weights, rounding them to their dtype
+    stored = clip.cond_stage_model.clip_l.transformer.text_model.encoder.layers[0].self_attn.q_proj.weight.dtype
+    scale = cond.context.abs().max()
+    tolerance = (1e-3 if stored == torch.float16 else 2e-5) * scale
+    assert torch.allclose(theirs_cond.context, cond.context, atol=tolerance) and scale > 1, stored
+    assert torch.allclose(theirs, ours, atol=1e-4)
