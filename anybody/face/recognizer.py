@@ -31,6 +31,16 @@ class FaceRecognizer:
         with torch.no_grad():
             return F.normalize(self.embed_fn(faces).float().cpu(), dim=-1)
 
+    def embed_with_gradient(self, faces: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings with the gradient flowing back to ``faces`` (the network stays frozen): the identity loss
+        of a training run. Only the torch recognizer can; an ONNX one is an error that says what to load."""
+        if self.module is None:
+            raise BadInputError(f"The identity loss needs a torch face recognizer (an insightface arcface_torch "
+                                f".pth, via FaceRecognizerLoader); {self.name} is an ONNX model without gradients.")
+        if faces.dim() != 4 or faces.shape[1:] != (3, 112, 112):
+            raise BadInputError(f"A face recognizer takes [B, 3, 112, 112] crops, got {tuple(faces.shape)}.")
+        return F.normalize(self.embed_fn(faces).float(), dim=-1)
+
     def describe(self) -> str:
         return f"{self.name} ({self.source})"
 

@@ -149,6 +149,11 @@ class Host(ABC):
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> images ``[B,H,W,3]`` in 0..1."""
 
+    def decode_differentiable(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images ``[B,3,H,W]`` in 0..1 with the gradient kept (pixel-space losses: MagiCapture's
+        identity term). Hosts whose VAE weights are inference tensors need a training copy first."""
+        raise NotImplementedError(f"{type(self).__name__} cannot decode with gradients yet")
+
     def preview_image(self, latents: torch.Tensor) -> torch.Tensor:
         """A quick look at latents during training (hosts may approximate, to keep the VAE out of memory)."""
         return self.decode_latents(latents)

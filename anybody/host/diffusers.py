@@ -112,6 +112,10 @@ class DiffusersHost(Host):
             stds.append(dist.std.float() * self.scaling_factor)
         return torch.cat(means), torch.cat(stds)
 
+    def decode_differentiable(self, latents: torch.Tensor) -> torch.Tensor:
+        x = self.vae.decode((latents / self.scaling_factor).to(self.device, self.vae.dtype)).sample
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             x = self.vae.decode((latents / self.scaling_factor).to(self.device, self.vae.dtype)).sample
