@@ -229,6 +229,10 @@ class Host(ABC):
     def embeddings_dir(self) -> Path:
         """Where the host's stock loader looks for textual-inversion embeddings."""
 
+    def loras_dir(self) -> Path:
+        """Where the host's stock LoRA loader looks for LoRA files."""
+        raise NotImplementedError(f"{type(self).__name__} has no LoRA folder")
+
     @abstractmethod
     def state_dir(self) -> Path:
         """Where training state for resume is kept (outside the embeddings folder)."""

@@ -464,6 +464,11 @@ class ComfyHost(Host):
 
         return Path(folder_paths.get_folder_paths("embeddings")[0])
 
+    def loras_dir(self) -> Path:
+        import folder_paths
+
+        return Path(folder_paths.get_folder_paths("loras")[0])
+
     def state_dir(self) -> Path:
         import folder_paths
 

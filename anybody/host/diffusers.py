@@ -175,6 +175,9 @@ class DiffusersHost(Host):
     def embeddings_dir(self) -> Path:
         return self.out_dir / "embeddings"
 
+    def loras_dir(self) -> Path:
+        return self.out_dir / "loras"
+
     def state_dir(self) -> Path:
         return self.out_dir / "training_state"
 

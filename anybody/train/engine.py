@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
@@ -50,6 +50,12 @@ class Trainer:
     after_step: Optional[Callable[[], None]] = None
     loss_scale: LossScale | None = None  # set for fp16 hosts
     buffers: Optional[Mapping[str, torch.Tensor]] = None  # updated by after_step (an EMA); saved with the state
+    before_step: Optional[Callable[[int], None]] = None  # called with the step index before its gradients (schedules)
+    max_grad_norm: float = 0.0  # > 0: clip the global gradient norm of ``clipped`` (all params when None)
+    clipped: Optional[Sequence[str]] = None
+    #: a step may leave some tensors out (a prompt without one of two tokens): they get a zero gradient, as rows of
+    #: one trained embedding table would; at least one tensor must still receive a gradient
+    sparse_grads: bool = False
     save_minutes: float = 5.0  # also save when this long has passed since the last save (0: steps only)
 
     def run(self, start_step: int = 0) -> list[float]:
@@ -60,8 +66,13 @@ class Trainer:
         try:
             for step in range(start_step, self.steps):
                 self.sink.check_cancel()
+                if self.before_step is not None:
+                    self.before_step(step)
                 total, preview = self.step_gradients(step)
                 self._check_grads(step)
+                if self.max_grad_norm > 0:
+                    names = self.clipped if self.clipped is not None else list(self.params)
+                    torch.nn.utils.clip_grad_norm_([self.params[n] for n in names], self.max_grad_norm)
                 with held_signals():  # parameters, counters and saves change together or not at all
                     self.optimizer.step()
                     if self.loss_scale is not None:
@@ -150,6 +161,12 @@ class Trainer:
                     "written for this run; the last saved progress is kept. Lower the learning rate.")
 
     def _check_grads(self, step: int) -> None:
+        if self.sparse_grads:
+            if all(p.grad is None for p in self.params.values()):
+                raise no_gradient("any of the trained tensors")
+            for p in self.params.values():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
         for name, p in self.params.items():
             if p.grad is None:
                 raise no_gradient(f"'{name}'")

@@ -37,3 +37,20 @@ class ConsoleSink(ProgressSink):
         if loss is not None:
             text += f"  loss {loss:.4f}"
         print(text, end="\n" if step == total else "", file=sys.stderr, flush=True)
+
+
+class PhaseSink(ProgressSink):
+    """One progress bar over several training phases: phase steps are reported after ``offset`` of ``total``."""
+
+    def __init__(self, inner: ProgressSink, offset: int, total: int) -> None:
+        self.inner, self.offset, self.total = inner, offset, total
+        self.shows_previews = inner.shows_previews
+
+    def progress(self, step, total, loss=None, preview=None) -> None:
+        self.inner.progress(self.offset + step, self.total, loss=loss, preview=preview)
+
+    def check_cancel(self) -> None:
+        self.inner.check_cancel()
+
+    def log(self, message: str) -> None:
+        self.inner.log(message)
