@@ -4,6 +4,7 @@ from .celeb_basis import AnybodyCelebBasisEmbed
 from .cross_init import AnybodyCrossInitTrain
 from .face import (AnybodyFaceAlign, AnybodyFaceModelLoader, AnybodyFaceParse, AnybodyFaceRecognizerLoader,
                    AnybodyIdentityScore)
+from .magicapture import AnybodyMagiCaptureLoRA
 
 NODE_CLASS_MAPPINGS = {
     "AnybodyCrossInitTrain": AnybodyCrossInitTrain,
@@ -15,6 +16,7 @@ NODE_CLASS_MAPPINGS = {
     "AnybodyAdaFaceEncode": AnybodyAdaFaceEncode,
     "AnybodyFaceRecognizerLoader": AnybodyFaceRecognizerLoader,
     "AnybodyCelebBasisEmbed": AnybodyCelebBasisEmbed,
+    "AnybodyMagiCaptureLoRA": AnybodyMagiCaptureLoRA,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "AnybodyCrossInitTrain": "CrossInitTrain (Anybody)",
@@ -26,4 +28,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AnybodyAdaFaceEncode": "AdaFaceEncode (Anybody)",
     "AnybodyFaceRecognizerLoader": "FaceRecognizerLoader (Anybody)",
     "AnybodyCelebBasisEmbed": "CelebBasisEmbed (Anybody)",
+    "AnybodyMagiCaptureLoRA": "MagiCaptureLoRA (Anybody)",
 }

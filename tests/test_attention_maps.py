@@ -57,3 +57,15 @@ def test_capture_gives_40_maps_of_16x16_that_sum_to_one_and_changes_nothing(sd15
     with pytest.raises(ValueError, match="no cross-attention layers at level 3"):
         with host.cross_attention_maps(level=3):
             pass
+
+
+def test_the_default_level_is_the_deepest_with_cross_attention(sd15_shaped_host, host):
+    x, t = torch.randn(1, 4, 64, 64), torch.tensor([10])
+    with torch.no_grad():
+        cond = sd15_shaped_host.encode_prompts(["a photo"])
+        with sd15_shaped_host.cross_attention_maps() as store:
+            sd15_shaped_host.predict(x, t, cond)
+        assert store.stacked().shape[1:4] == (40, 16, 16)  # SD1.5's level 2
+        with host.cross_attention_maps() as store:  # the tiny test UNet: attention on its top level only
+            host.predict(torch.randn(1, 4, 8, 8), t, host.encode_prompts(["a photo"]))
+        assert store.stacked().shape[2:4] == (8, 8)

@@ -13,7 +13,7 @@ from anybody.methods import magicapture as mc
 from anybody.nets.iresnet import IResNet
 from anybody.train import lora
 
-FAST = mc.MagiCaptureConfig(ti_steps=3, lora_steps=3, resolution=64, attention_level=0, save_every=0, preview_every=2)
+FAST = mc.MagiCaptureConfig(ti_steps=3, lora_steps=3, resolution=64, save_every=0, preview_every=2)  # tiny UNet: level 0
 
 
 def _face(size=64):
@@ -144,3 +144,11 @@ def test_schedule_decays_every_group_to_zero_and_clips_the_lora_gradient(host, t
     assert seen[0] == [pytest.approx(2e-3 / 2)] and seen[1] == [0.0]
     assert seen[2] == [pytest.approx(2e-4), pytest.approx(2e-5), pytest.approx(5e-5)] and seen[3] == [0.0, 0.0, 0.0]
     assert clipped == [1.0, 1.0]
+
+
+def test_training_works_when_called_under_inference_mode_as_comfyui_runs_nodes(host, tools, photos):
+    """Tokens, samples and adapters made under the caller's inference mode must still train (a real-ComfyUI failure,
+    reproduced here)."""
+    with torch.inference_mode():
+        result = mc.train_magicapture(host, *photos, tools, "inf_a", "inf_b", replace(FAST, ti_steps=1, lora_steps=1))
+    assert result.lora_path.is_file()

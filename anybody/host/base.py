@@ -207,9 +207,11 @@ class Host(ABC):
                 stack.enter_context(hooked(roots[tree], adapter_set))
             yield
 
-    def cross_attention_maps(self, level: int = 2):
+    def cross_attention_maps(self, level: int | None = None):
         """A context that records the cross-attention probabilities of the UNet's ``level`` layers with their
-        autograd graph, yielding a ``train.attention_maps.AttentionStore`` (MagiCapture's refocusing loss)."""
+        autograd graph, yielding a ``train.attention_maps.AttentionStore`` (MagiCapture's refocusing loss). None:
+        the lowest-resolution level with cross-attention outside the middle block (SD1.5: level 2, the 16x16 maps
+        at 512 px)."""
         raise NotImplementedError(f"{type(self).__name__} cannot capture cross-attention maps yet")
 
     @contextlib.contextmanager

@@ -263,6 +263,7 @@ class ComfyHost(Host):
         sigmas = sampling.sigmas.detach().double().cpu()
         self._alphas = 1.0 / (1.0 + sigmas**2)
         self._train_model = self._train_clip = None
+        self._train_decoder = None
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
@@ -319,7 +320,7 @@ class ComfyHost(Host):
         return [(f"{key}.transformer.{p}", clip_path(p), layer) for p, layer in find_targets(root, patterns)]
 
     @contextlib.contextmanager
-    def cross_attention_maps(self, level: int = 2):
+    def cross_attention_maps(self, level: int | None = None):
         """attn2 replace patches (ComfyUI's own hook for attention) on the training copy's level-``level`` blocks:
         those compute the probabilities explicitly and record them; every other layer keeps ComfyUI's attention."""
         from ..train.attention_maps import AttentionStore, level_of, probabilities
@@ -329,11 +330,13 @@ class ComfyHost(Host):
         blocks = config.get("num_res_blocks", 2)
         per_level = blocks[0] if isinstance(blocks, (list, tuple)) else blocks
         levels = len(config.get("channel_mult", (1, 2, 4, 4)))
-        keys = []
+        found = {}
         for name, _ in patcher.model.diffusion_model.named_modules():
             m = re.match(r"^(input|output)_blocks\.(\d+)\.1\.transformer_blocks\.(\d+)\.attn2$", name)
-            if m and level_of(name, levels, per_level) == level:
-                keys.append((m[1], int(m[2]), int(m[3])))
+            if m:
+                found.setdefault(level_of(name, levels, per_level), []).append((m[1], int(m[2]), int(m[3])))
+        level = max(found, default=0) if level is None else level
+        keys = found.get(level, [])
         if not keys:
             raise ValueError(f"this UNet has no cross-attention layers at level {level}")
         store = AttentionStore()
@@ -397,7 +400,7 @@ class ComfyHost(Host):
                 with _differentiable_clip(train_clip.cond_stage_model), self.checkpointing(checkpointing):
                     yield
             finally:
-                self._train_model = self._train_clip = None
+                self._train_model = self._train_clip = self._train_decoder = None
                 self.compute_dtype = host_dtype
                 copies.unload(train_model)
                 copies.unload(train_clip.patcher)
@@ -418,6 +421,16 @@ class ComfyHost(Host):
                 chunks.append(self.vae.encode(images[start:start + 4, ..., :3]).float().cpu().clone())
             latents = self.model.model.process_latent_in(torch.cat(chunks)).to(self.device)
         return latents, torch.zeros_like(latents)  # ComfyUI's VAE returns the posterior mode
+
+    def decode_differentiable(self, latents: torch.Tensor) -> torch.Tensor:
+        """Through an fp32 copy of the VAE made for this training run (the graph's VAE holds inference tensors, which
+        autograd cannot keep; fp16 decoding with gradients overflows easily)."""
+        if self._train_decoder is None:
+            with torch.inference_mode(False):
+                decoder = copy.deepcopy(self.vae.first_stage_model).float().to(self.device)
+            self._train_decoder = decoder.requires_grad_(False).eval()
+        x = self._train_decoder.decode(self.model.model.process_latent_out(latents.float()).to(self.device))
+        return ((x.float() + 1) / 2).clamp(0, 1)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -140,12 +140,15 @@ class DiffusersHost(Host):
         return roots
 
     @contextlib.contextmanager
-    def cross_attention_maps(self, level: int = 2) -> Iterator[AttentionStore]:
+    def cross_attention_maps(self, level: int | None = None) -> Iterator[AttentionStore]:
         """Record the cross-attention probabilities of the UNet's ``level`` layers (see ``train.attention_maps``)."""
         config = self.unet.config
-        targets = {name: module for name, module in self.unet.named_modules()
-                   if name.endswith(".attn2") and level_of(name, len(config.block_out_channels),
-                                                           config.layers_per_block) == level}
+        levels = {name: level_of(name, len(config.block_out_channels), config.layers_per_block)
+                  for name, _ in self.unet.named_modules() if name.endswith(".attn2")}
+        if level is None:
+            level = max((v for v in levels.values() if v is not None), default=0)
+        modules = dict(self.unet.named_modules())
+        targets = {name: modules[name] for name, v in levels.items() if v == level}
         if not targets:
             raise ValueError(f"this UNet has no cross-attention layers at level {level}")
         store = AttentionStore()

@@ -58,7 +58,7 @@ class MagiCaptureConfig:
     attention_weight: float = 2.5
     style_weight: float = 2.0
     max_grad_norm: float = 1.0
-    attention_level: int = 2  # the UNet level whose cross-attention is refocused (SD1.5 at 512: the 16x16 maps)
+    attention_level: int | None = None  # refocused UNet level; None: the deepest with cross-attention (SD1.5: 2)
     resolution: int = 0
     seed: int = 42
     save_every: int = 100
@@ -171,6 +171,13 @@ def prepare_samples(host: Host, subjects: Sequence[torch.Tensor], styles: Sequen
         samples.append(Sample(item.kind, latent, mask, prompt.format(S=subject_word, T=style_word),
                               references[item.subject] if item.subject is not None else None))
     return samples
+
+
+def owned(samples: Sequence[Sample]) -> list[Sample]:
+    """Copies of the samples' tensors, made inside the host's training context: those prepared under a ComfyUI
+    node's inference mode are inference tensors, which autograd refuses to save (the masks are)."""
+    return [replace(s, latent=s.latent.clone(), mask=s.mask.clone(),
+                    reference=None if s.reference is None else s.reference.clone()) for s in samples]
 
 
 def word_positions(encoder, prompt: str, words: Sequence[str]) -> dict[str, int]:
@@ -402,7 +409,8 @@ def _lora_key(path) -> str | None:
 def _phase_one(host, samples, tokens, words, key, config, state, total):
     """Phase 1 on the host: the two token vectors only; their norms pulled toward 0.4 after each update."""
     with host.training(config.resolution ** 2, config.gradient_checkpointing):
-        params = {k: v.to(host.device).requires_grad_(True) for k, v in tokens.items()}
+        # copies made here, outside the caller's inference mode (a ComfyUI node's tensors cannot train)
+        params = {k: v.to(host.device).clone().requires_grad_(True) for k, v in tokens.items()}
         optimizer = torch.optim.AdamW(list(params.values()), lr=config.ti_lr, weight_decay=0.0)
         phase = _Phase(optimizer, [config.ti_lr], config.ti_steps)
         start = state.load(params, optimizer) if state.exists() else 0
@@ -415,7 +423,7 @@ def _phase_one(host, samples, tokens, words, key, config, state, total):
         scale = LossScale() if host.compute_dtype == torch.float16 else None
         host.sink.log(f"MagiCapture phase 1 (textual inversion): {len(samples)} samples, {config.ti_steps} steps"
                       + (f", resuming at step {start}" if start else ""))
-        Trainer(params, optimizer, phase_one_loss(host, samples, params, words, key, phase, config),
+        Trainer(params, optimizer, phase_one_loss(host, owned(samples), params, words, key, phase, config),
                 PhaseSink(host.sink, 0, total), config.ti_steps, config.seed, 1, config.save_every,
                 config.preview_every, state, after_step=pull_norms, loss_scale=scale,
                 before_step=phase.before_step, sparse_grads=True).run(start)
@@ -427,7 +435,7 @@ def _phase_two(host, samples, tokens, words, key, config, tools, state, total, g
     adapters = lora.for_host(host, lora.MAGICAPTURE_TARGETS, config.rank, 1.0, gen)
     skips = [0, 0]
     with host.training(config.resolution ** 2 * 2, config.gradient_checkpointing, adapters=adapters):
-        params = {f"token.{k}": v.to(host.device).requires_grad_(True) for k, v in tokens.items()}
+        params = {f"token.{k}": v.to(host.device).clone().requires_grad_(True) for k, v in tokens.items()}
         groups = [("unet", config.unet_lr), ("te", config.text_lr)]
         for tree, _ in groups:
             params.update({f"{tree}.{n}": p for n, p in adapters[tree].named_parameters()})
@@ -442,7 +450,7 @@ def _phase_two(host, samples, tokens, words, key, config, tools, state, total, g
         host.sink.log(f"MagiCapture phase 2 (LoRA rank {config.rank} + continued inversion): {config.lora_steps} steps"
                       + (f", resuming at step {start}" if start else ""))
         Trainer(params, optimizer,
-                phase_two_loss(host, samples, token_views, words, key, phase, config, tools, skips),
+                phase_two_loss(host, owned(samples), token_views, words, key, phase, config, tools, skips),
                 PhaseSink(host.sink, config.ti_steps, total), config.lora_steps, config.seed + 1, 1,
                 config.save_every, config.preview_every, state, loss_scale=scale, before_step=phase.before_step,
                 max_grad_norm=config.max_grad_norm, clipped=[n for n in params if not n.startswith("token.")],

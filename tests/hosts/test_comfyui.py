@@ -802,3 +802,63 @@ def test_lora_trained_through_the_host_loads_in_the_stock_lora_loader_with_the_s
     tolerance = (1e-3 if stored == torch.float16 else 2e-5) * scale
     assert torch.allclose(theirs_cond.context, cond.context, atol=tolerance) and scale > 1, stored
     assert torch.allclose(theirs, ours, atol=1e-4)
+
+
+def test_magicapture_node_trains_both_phases_and_returns_stock_lora_patched_model_and_clip(comfy_env, monkeypatch):
+    """The node in ComfyUI: training copies with LoRA weight wrappers, attn2 capture patches, a differentiable decode
+    through a copy of the graph's VAE, then the kohya file applied by the stock loader at the node's strengths. The
+    face detector and parsing are stand-ins (the face stack has tests of its own); the recognizer is a real IResNet."""
+    import numpy as np
+
+    magicapture = _pack_module("anybody.methods.magicapture")
+    Face = _pack_module("anybody.face.detect").Face
+    recognizer_mod = _pack_module("anybody.face.recognizer")
+    IResNet = _pack_module("anybody.nets.iresnet").IResNet
+
+    def stand_in(models, parsing_net, recognizer, device):
+        def detect(image):
+            s = image.shape[0]
+            return [Face(np.array([0.15, 0.1, 0.85, 0.9]) * s,
+                         np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.7], [0.62, 0.7]]) * s, 0.9)]
+
+        def face_mask(image, face):
+            mask = np.zeros(image.shape[:2], np.float32)
+            mask[image.shape[0] // 4: 3 * image.shape[0] // 4, image.shape[1] // 4: 3 * image.shape[1] // 4] = 1
+            return mask
+
+        return magicapture.FaceTools(detect, face_mask, recognizer)
+
+    monkeypatch.setattr(magicapture, "face_tools", stand_in)
+    (comfy_env["base"] / "face_parsing").mkdir(exist_ok=True)
+    if not (comfy_env["base"] / "face_parsing" / "79999_iter.pth").exists():
+        BiSeNet = _pack_module("anybody.nets.bisenet").BiSeNet
+        torch.save({k: (v.abs() + 1 if k.endswith("running_var") else v) for k, v in BiSeNet().state_dict().items()},
+                   comfy_env["base"] / "face_parsing" / "79999_iter.pth")
+    torch.manual_seed(0)
+    net = IResNet((1, 1, 1, 1)).eval().requires_grad_(False)
+    recognizer = recognizer_mod.FaceRecognizer("tiny r", lambda x: net(x.to(next(net.parameters()).device)), "torch", net)
+    model, clip, vae = _load_tiny(comfy_env)
+    before = _fixed_x0(model)
+    g = torch.Generator().manual_seed(3)
+    subjects, styles = torch.rand(2, 64, 64, 3, generator=g), torch.rand(3, 64, 64, 3, generator=g)
+    node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyMagiCaptureLoRA"]()
+    args = dict(model=model, clip=clip, vae=vae, subject_images=subjects, style_images=styles, face_model=None,
+                recognizer=recognizer, parsing_model="79999_iter.pth", subject_name="mc_ana", style_name="mc_look",
+                preset="fast", resolution=64, seed=42, save_every=0, preview_every=0, saved_progress="resume",
+                overwrite=False, gradient_checkpointing=False, unet_strength=0.6, text_strength=0.9)
+    monkeypatch.setattr(magicapture, "PRESETS", {**magicapture.PRESETS, "fast": {"ti_steps": 2, "lora_steps": 2}})
+    with torch.inference_mode():
+        out = node.train(**args)
+    out_model, out_clip, lora_path = out["result"]
+    assert lora_path.endswith("mc_ana_mc_look.safetensors") and "with style <mc_look>" in out["ui"]["text"][0]
+    assert torch.equal(_fixed_x0(model), before)  # the input MODEL is unchanged
+    assert not torch.equal(_fixed_x0(out_model), before)  # the returned one carries the LoRA
+    encode = comfy_env["nodes"].CLIPTextEncode().encode
+    with torch.inference_mode():
+        ours = encode(out_clip, "A photo of a <mc_ana> person with style <mc_look>")[0][0][0]
+        stock = encode(out_clip, "A photo of a embedding:mc_ana person with style embedding:mc_look")[0][0][0]
+        plain = encode(clip, "A photo of a embedding:mc_ana person with style embedding:mc_look")[0][0][0]
+    assert torch.allclose(ours, stock, atol=1e-5) and not torch.allclose(ours, plain, atol=1e-3)
+    with torch.inference_mode():
+        again = node.train(**args)
+    assert "not retrained" in again["ui"]["text"][0]
