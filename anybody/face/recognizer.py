@@ -41,6 +41,18 @@ class FaceRecognizer:
             raise BadInputError(f"A face recognizer takes [B, 3, 112, 112] crops, got {tuple(faces.shape)}.")
         return F.normalize(self.embed_fn(faces).float(), dim=-1)
 
+    def for_training(self, device: str | torch.device) -> "FaceRecognizer":
+        """A copy whose weights are normal tensors on ``device``: a network loaded under a host's inference mode
+        (any ComfyUI loader node) cannot be part of a backward pass, even frozen."""
+        if self.module is None:
+            return self
+        import copy
+
+        with torch.inference_mode(False):
+            module = copy.deepcopy(self.module).to(device).requires_grad_(False).eval()
+        dtype = next(module.parameters()).dtype
+        return FaceRecognizer(self.name, lambda faces: module(faces.to(device=device, dtype=dtype)), self.source, module)
+
     def describe(self) -> str:
         return f"{self.name} ({self.source})"
 

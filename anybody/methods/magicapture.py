@@ -433,6 +433,7 @@ def _phase_one(host, samples, tokens, words, key, config, state, total):
 def _phase_two(host, samples, tokens, words, key, config, tools, state, total, gen):
     """Phase 2: LoRA on UNet and text attention, continued inversion, refocusing and identity losses."""
     adapters = lora.for_host(host, lora.MAGICAPTURE_TARGETS, config.rank, 1.0, gen)
+    tools = replace(tools, recognizer=tools.recognizer.for_training(host.device))
     skips = [0, 0]
     with host.training(config.resolution ** 2 * 2, config.gradient_checkpointing, adapters=adapters):
         params = {f"token.{k}": v.to(host.device).clone().requires_grad_(True) for k, v in tokens.items()}

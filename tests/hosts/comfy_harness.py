@@ -19,7 +19,7 @@ def start_comfy(comfy_dir: str | Path, base: Path, flags: list[str], as_launched
     ``as_launched``: import ComfyUI's own ``main.py`` (everything a launch does before serving: flags, logging,
     DynamicVRAM/aimdo set-up on NVIDIA), so the run sees the model patcher users get; else only its flags parser.
     """
-    for sub in ("checkpoints", "embeddings", "custom_nodes", "input", "output", "temp", "user"):
+    for sub in ("checkpoints", "embeddings", "loras", "custom_nodes", "input", "output", "temp", "user"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     link = base / "custom_nodes" / "anybody"
     if not link.exists():
@@ -42,6 +42,7 @@ def start_comfy(comfy_dir: str | Path, base: Path, flags: list[str], as_launched
     folder_paths.set_temp_directory(str(base / "temp"))
     folder_paths.folder_names_and_paths["checkpoints"] = ([str(base / "checkpoints")], {".safetensors"})
     folder_paths.folder_names_and_paths["embeddings"] = ([str(base / "embeddings")], {".safetensors", ".pt"})
+    folder_paths.folder_names_and_paths["loras"] = ([str(base / "loras")], {".safetensors"})  # never the install's
     folder_paths.folder_names_and_paths["custom_nodes"] = ([str(base / "custom_nodes")], set())
     folder_paths.add_model_folder_path("insightface", str(base / "insightface"))  # as extra_model_paths.yaml does
     folder_paths.add_model_folder_path("face_parsing", str(base / "face_parsing"))

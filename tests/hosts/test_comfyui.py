@@ -862,3 +862,35 @@ def test_magicapture_node_trains_both_phases_and_returns_stock_lora_patched_mode
     with torch.inference_mode():
         again = node.train(**args)
     assert "not retrained" in again["ui"]["text"][0]
+
+    # the shipped example's API twin, shrunk, in the executor: trains anew (other names), samples with the result
+    import json
+
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from face_onnx import build_pack
+
+    base = comfy_env["base"]
+    build_pack(base / "insightface", "mcpack")
+    (base / "face_recognition").mkdir(exist_ok=True)
+    import folder_paths
+
+    folder_paths.add_model_folder_path("face_recognition", str(base / "face_recognition"))
+    torch.save(net.state_dict(), base / "face_recognition" / "ms1mv3_arcface_r100_fp16.pth")
+    for name, image in (("selfie_1", subjects[0]), ("selfie_2", subjects[1]), ("style_1", styles[0]), ("style_2", styles[1])):
+        Image.fromarray((image.numpy() * 255).astype(np.uint8)).save(base / "input" / f"{name}.png")
+    graph = json.loads((REPO / "example_workflows" / "magicapture_subject_in_style.api.json").read_text())
+    graph["1"]["inputs"]["ckpt_name"] = "tiny15.safetensors"
+    for node_id, name in (("2", "selfie_1"), ("3", "selfie_2"), ("5", "style_1"), ("6", "style_2")):
+        graph[node_id]["inputs"]["image"] = f"{name}.png"
+    graph["8"]["inputs"].update(pack="mcpack", provider="CPU")
+    graph["10"]["inputs"].update(preset="fast", resolution=64, subject_name="mc_ex", style_name="mc_exstyle",
+                                 preview_every=1)
+    graph["11"]["inputs"]["text"] = "A photo of a <mc_ex> person with style <mc_exstyle>"
+    graph["13"]["inputs"].update(width=64, height=64)
+    graph["14"]["inputs"].update(steps=1)
+    ex, errors = comfy_env["run"](graph)
+    assert ex.success, errors
+    assert ex.history_result["outputs"]["16"]["images"]
+    assert (Path(folder_paths.get_folder_paths("loras")[0]) / "mc_ex_mc_exstyle.safetensors").is_file()
