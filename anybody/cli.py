@@ -145,6 +145,34 @@ def cmd_train_celeb_basis(args) -> int:
     return 0
 
 
+def cmd_train_magicapture(args) -> int:
+    from .face.models import load_face_models
+    from .face.recognizer import torch_recognizer
+    from .files import ensure_writable_folder
+    from .host.checkpoint import detect_family, load_checkpoint_host
+    from .images import image_files, load_images
+    from .methods.magicapture import check_settings, face_tools, preset, train_magicapture
+    from .nets.bisenet import load_bisenet
+
+    overrides = {k: getattr(args, k) for k in ("resolution", "save_every") if getattr(args, k) is not None}
+    config = preset(args.preset, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing, **overrides)
+    check_settings(args.subject_name, args.style_name, config)  # cheap checks first
+    ensure_writable_folder(Path(args.out))
+    detect_family(args.checkpoint)
+    recognizer = torch_recognizer(args.recognizer)
+    parsing = load_bisenet(args.parsing)
+    faces = load_face_models(args.face_pack, [Path(args.models_root).expanduser()], args.provider)
+    subjects = load_images(image_files(args.subject), max_side=2048)
+    styles = load_images(image_files(args.style), max_side=2048)
+    host = load_checkpoint_host(args.checkpoint, out_dir=args.out, prediction=args.prediction,
+                                low_memory=args.low_memory, cpu_compute=_cpu_compute(args.compute))
+    result = train_magicapture(host, subjects, styles, face_tools(faces, parsing.to(host.device), recognizer, host.device),
+                               args.subject_name, args.style_name, config, resume=args.resume, overwrite=args.overwrite,
+                               restart=args.restart)
+    print(f"{result.lora_path}\n{result.subject_path}\n{result.style_path}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .assets import asset_path
     from .host.tiny import tiny_host
@@ -314,6 +342,32 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--low-memory", action="store_true", help="CPU: keep frozen UNet weights in fp16")
     cb.add_argument("--compute", choices=["fp32", "bf16"], default="fp32", help="CPU: precision of the UNet's matmuls")
     cb.set_defaults(func=cmd_train_celeb_basis)
+    mc = methods.add_parser("magicapture", help="MagiCapture: a person and a portrait style in one LoRA (AAAI 2024)")
+    mc.add_argument("--checkpoint", required=True, help="local SD1.x single-file .safetensors checkpoint")
+    mc.add_argument("--subject", required=True, help="photos of the person (a folder, or one photo)")
+    mc.add_argument("--style", required=True, help="portraits in the style to learn (a folder, or one photo)")
+    mc.add_argument("--subject-name", required=True, help="the person's token and embedding file name")
+    mc.add_argument("--style-name", required=True, help="the style's token and embedding file name")
+    mc.add_argument("--recognizer", required=True, help="insightface arcface_torch IResNet .pth (the paper: "
+                                                        "ms1mv3_arcface_r100_fp16/backbone.pth)")
+    mc.add_argument("--parsing", required=True, help="BiSeNet face parsing weights 79999_iter.pth")
+    mc.add_argument("--face-pack", default="antelopev2", help="insightface pack that finds the faces")
+    mc.add_argument("--models-root", default="~/.insightface", help="folder holding models/<pack>/*.onnx")
+    mc.add_argument("--provider", default="auto", choices=["auto", "CPU", "CUDA"])
+    mc.add_argument("--preset", default="paper", choices=["paper", "fast"],
+                    help="paper: 1,200 + 1,500 steps; fast: 300 + 400 (ours)")
+    mc.add_argument("--resolution", type=int, help="training resolution (default: the model's own, 512)")
+    mc.add_argument("--seed", type=int, default=42)
+    mc.add_argument("--save-every", type=int, help="save resumable state every N steps (default 100)")
+    mc.add_argument("--gradient-checkpointing", action="store_true", help="less memory, about 1/3 slower")
+    mc.add_argument("--resume", action="store_true", help="continue a stopped run of the same names")
+    mc.add_argument("--restart", action="store_true", help="discard a stopped run's saved progress and start over")
+    mc.add_argument("--overwrite", action="store_true", help="replace existing files of those names")
+    mc.add_argument("--out", default="anybody_out", help="output folder (loras/, embeddings/, training_state/)")
+    mc.add_argument("--prediction", choices=["eps", "v"], default=None, help=argparse.SUPPRESS)
+    mc.add_argument("--low-memory", action="store_true", help="CPU: keep frozen UNet weights in fp16")
+    mc.add_argument("--compute", choices=["fp32", "bf16"], default="fp32", help="CPU: precision of the UNet's matmuls")
+    mc.set_defaults(func=cmd_train_magicapture)
     al = sub.add_parser("align", help="detect and align faces: writes crops and landmarks.json")
     al.add_argument("input", help="a folder of photos, or one photo")
     al.add_argument("output", help="folder for <photo>.png crops and landmarks.json")

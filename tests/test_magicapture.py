@@ -154,3 +154,37 @@ def test_training_works_when_called_under_inference_mode_as_comfyui_runs_nodes(h
         loaded = mc.FaceTools(tools.detect, tools.face_mask, FaceRecognizer("loaded", lambda x: net(x), "torch", net))
         result = mc.train_magicapture(host, *photos, loaded, "inf_a", "inf_b", replace(FAST, ti_steps=1, lora_steps=1))
     assert result.lora_path.is_file() and any("identity term skipped in 0 of" in m for m in host.sink.logs)
+
+
+def test_cli_trains_a_subject_and_a_style(tools, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from anybody.cli import main
+    from anybody.host import checkpoint
+    from anybody.host.tiny import tiny_host
+    from anybody.nets.bisenet import BiSeNet
+
+    for folder, count in (("me", 2), ("passport", 2)):
+        (tmp_path / folder).mkdir()
+        for i in range(count):
+            Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+                tmp_path / folder / f"{i}.png")
+    torch.save(tools.recognizer.module.state_dict(), tmp_path / "r.pth")
+    torch.save({k: (v.abs() + 1 if k.endswith("running_var") else v) for k, v in BiSeNet().state_dict().items()},
+               tmp_path / "79999_iter.pth")
+    monkeypatch.setattr(checkpoint, "detect_family", lambda path: "sd1")
+    monkeypatch.setattr(checkpoint, "load_checkpoint_host", lambda path, out_dir, **kw: tiny_host(out_dir))
+    monkeypatch.setattr(mc, "face_tools", lambda models, parsing, recognizer, device: mc.FaceTools(
+        tools.detect, tools.face_mask, recognizer))
+    monkeypatch.setattr("anybody.face.models.load_face_models", lambda *a, **k: None)
+    monkeypatch.setattr(mc, "PRESETS", {**mc.PRESETS, "fast": {"ti_steps": 1, "lora_steps": 1}})
+    rc = main(["train", "magicapture", "--checkpoint", "x.safetensors", "--subject", str(tmp_path / "me"), "--style",
+               str(tmp_path / "passport"), "--subject-name", "me", "--style-name", "passport", "--recognizer",
+               str(tmp_path / "r.pth"), "--parsing", str(tmp_path / "79999_iter.pth"), "--preset", "fast",
+               "--resolution", "64", "--out", str(tmp_path / "out")])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert (tmp_path / "out" / "loras" / "me_passport.safetensors").is_file() and "passport.safetensors" in out.out
+    assert main(["train", "magicapture", "--checkpoint", "x", "--subject", "a", "--style", "b", "--subject-name", "s",
+                 "--style-name", "s", "--recognizer", "r", "--parsing", "p"]) == 2
+    assert "different names" in capsys.readouterr().err
