@@ -166,7 +166,8 @@ def cmd_train_magicapture(args) -> int:
     styles = load_images(image_files(args.style), max_side=2048)
     host = load_checkpoint_host(args.checkpoint, out_dir=args.out, prediction=args.prediction,
                                 low_memory=args.low_memory, cpu_compute=_cpu_compute(args.compute))
-    result = train_magicapture(host, subjects, styles, face_tools(faces, parsing.to(host.device), recognizer, host.device),
+    tools = face_tools(faces, parsing.to(host.device), recognizer, host.device, parsing_name=Path(args.parsing).name)
+    result = train_magicapture(host, subjects, styles, tools,
                                args.subject_name, args.style_name, config, resume=args.resume, overwrite=args.overwrite,
                                restart=args.restart)
     print(f"{result.lora_path}\n{result.subject_path}\n{result.style_path}")

@@ -88,7 +88,8 @@ class AnybodyMagiCaptureLoRA:
             raise ModelFileError(f"Face parsing weights '{parsing_model}' not found in {where}. Get 79999_iter.pth from "
                                  f"{SOURCE} and put it there.")
         device = mm.get_torch_device()
-        tools = face_tools(face_model, _bisenet(path, os.path.getmtime(path)).to(device), recognizer, device)
+        tools = face_tools(face_model, _bisenet(path, os.path.getmtime(path)).to(device), recognizer, device,
+                           parsing_name=parsing_model)
         host = ComfyHost(model, clip, vae, node_id=unique_id)
         result = train_magicapture(host, list(subject_images), list(style_images), tools, subject_name, style_name,
                                    config, resume=saved_progress == "resume", restart=saved_progress == "start over",

@@ -84,6 +84,10 @@ def checkpointed(blocks: Sequence[torch.nn.Module]) -> Iterator[None]:
 
     def wrap(forward):
         def run(*args, **kwargs):
+            # dicts a model updates as it runs (ComfyUI's transformer_options["block"]) are copied per call, so the
+            # recomputation in the backward pass sees what this forward saw (attention patches are keyed by block)
+            args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
+            kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
             return torch.utils.checkpoint.checkpoint(forward, *args, use_reentrant=False, **kwargs)
         return run
 

@@ -58,6 +58,8 @@ class MagiCaptureConfig:
     attention_weight: float = 2.5
     style_weight: float = 2.0
     max_grad_norm: float = 1.0
+    ti_timesteps: int = 1000  # t ~ U{0 .. n-1} in phase 1
+    lora_timesteps: int = 800  # and in phase 2 (the official t multiplier 0.8)
     attention_level: int | None = None  # refocused UNet level; None: the deepest with cross-attention (SD1.5: 2)
     resolution: int = 0
     seed: int = 42
@@ -85,15 +87,18 @@ class FaceTools:
     detect: Callable[[np.ndarray], Sequence[Face]]
     face_mask: Callable[[np.ndarray, Face], np.ndarray]
     recognizer: FaceRecognizer
+    signature: str = ""  # which detector and parsing weights: part of the re-queue key
 
 
-def face_tools(models, parsing_net, recognizer: FaceRecognizer, device: str | torch.device = "cpu") -> FaceTools:
+def face_tools(models, parsing_net, recognizer: FaceRecognizer, device: str | torch.device = "cpu",
+               parsing_name: str = "") -> FaceTools:
     """``FaceTools`` over an insightface pack, a BiSeNet parsing net and a torch recognizer."""
     from ..face.detect import detect_faces
     from ..face.parse import FACE_CLASSES, region_mask
 
     return FaceTools(lambda image: detect_faces(models, image),
-                     lambda image, face: region_mask(parsing_net, image, FACE_CLASSES, face.box, device), recognizer)
+                     lambda image, face: region_mask(parsing_net, image, FACE_CLASSES, face.box, device), recognizer,
+                     f"{getattr(models, 'name', models)}|{parsing_name}")
 
 
 # --- samples (spec §2) -------------------------------------------------------------------------------------------
@@ -165,7 +170,7 @@ def prepare_samples(host: Host, subjects: Sequence[torch.Tensor], styles: Sequen
             image, region = image.flip(-1), region.flip(-1)
         mean, std = host.encode_images(image.permute(1, 2, 0)[None])
         latent = (mean + std * torch.randn(mean.shape, generator=generator).to(mean)).float().cpu()[0]
-        mask = losses.latent_mask(losses.soft_mask(region)[None], tuple(latent.shape[-2:]))[0]
+        mask = losses.latent_mask(region[None], tuple(latent.shape[-2:]))[0]  # (b + 0.01) / 1.01
         templates = losses.TEMPLATES[item.kind]
         prompt = templates[int(torch.randint(len(templates), (), generator=generator))]
         samples.append(Sample(item.kind, latent, mask, prompt.format(S=subject_word, T=style_word),
@@ -234,7 +239,7 @@ def phase_one_loss(host: Host, samples: Sequence[Sample], tokens: dict[str, torc
     def loss_fn(gen: torch.Generator) -> StepResult:
         sample = usable[int(torch.randint(len(usable), (), generator=gen))]
         z0 = sample.latent[None].to(host.device)
-        t = losses.sample_timesteps(1, 1000, gen)
+        t = losses.sample_timesteps(1, config.ti_timesteps, gen)
         eps = torch.randn(z0.shape, generator=gen).to(host.device)
         cond = host.encode_prompts([sample.prompt], {words[0]: {key: tokens["subject"]}, words[1]: {key: tokens["style"]}})
         x_t, pred, a = _denoise(host, z0, t, eps, cond)
@@ -246,20 +251,23 @@ def phase_one_loss(host: Host, samples: Sequence[Sample], tokens: dict[str, torc
 
 
 def phase_two_loss(host: Host, samples: Sequence[Sample], tokens: dict[str, torch.Tensor], words: tuple[str, str],
-                   key: str, phase: _Phase, config: MagiCaptureConfig, tools: FaceTools, skips: list[int]):
+                   key: str, phase: _Phase, config: MagiCaptureConfig, tools: FaceTools, skips: list[int], store):
     """LoRA + continued inversion: reconstruction, attention refocusing on pass A, identity on pass B at another
-    timestep (spec §5, §6). ``skips`` counts [identity terms skipped, identity terms due]."""
+    timestep (spec §5, §6). ``skips`` counts [identity terms skipped, identity terms due]; ``store`` is the open
+    capture of the refocused layers (open for the whole run: a checkpointed backward pass recomputes through it)."""
     encoder = host.encoders[key]
 
     def loss_fn(gen: torch.Generator) -> StepResult:
         sample = samples[int(torch.randint(len(samples), (), generator=gen))]
         z0 = sample.latent[None].to(host.device)
-        t_a, t_b = losses.sample_timesteps(2, 800, gen).chunk(2)
+        t_a, t_b = losses.sample_timesteps(2, config.lora_timesteps, gen).chunk(2)
         eps = torch.randn(z0.shape, generator=gen).to(host.device)
         cond = host.encode_prompts([sample.prompt], {words[0]: {key: tokens["subject"]}, words[1]: {key: tokens["style"]}})
-        with host.cross_attention_maps(config.attention_level) as store:
-            x_t, pred, a = _denoise(host, z0, t_a, eps, cond)
-            maps = store.stacked()[0]
+        store.clear()
+        store.active = True
+        x_t, pred, a = _denoise(host, z0, t_a, eps, cond)
+        maps = store.stacked()[0]
+        store.active = False
         mask = sample.mask.to(host.device)
         loss = losses.style_weight(sample.kind, phase.progress, config.style_weight) * losses.masked_mse(
             pred, diffusion.target(host.prediction, z0, eps, a), mask[None])
@@ -338,7 +346,7 @@ def train_magicapture(host: Host, subjects: Sequence[torch.Tensor], styles: Sequ
     run_config = {**asdict(config), "method": "magicapture", "family": host.family, "names": list(names),
                   "subjects": images_digest(torch.stack([square_photo(p, size) for p in subjects])),
                   "styles": images_digest(torch.stack([square_photo(p, size) for p in styles])),
-                  "recognizer": tools.recognizer.name}
+                  "recognizer": tools.recognizer.name, "face_tools": tools.signature}
     run_key = result_key(run_config, host.fingerprint())
     found = [reusable(t, run_key) for t in targets]
     if all(f is not None for f in found) and _lora_key(lora_target) == run_key:
@@ -421,6 +429,8 @@ def _phase_one(host, samples, tokens, words, key, config, state, total):
                     p.copy_(losses.pull_norms(p, optimizer.param_groups[0]["lr"]))
 
         scale = LossScale() if host.compute_dtype == torch.float16 else None
+        if scale is not None:
+            scale.restore(state.extra.get("loss_scale"))
         host.sink.log(f"MagiCapture phase 1 (textual inversion): {len(samples)} samples, {config.ti_steps} steps"
                       + (f", resuming at step {start}" if start else ""))
         Trainer(params, optimizer, phase_one_loss(host, owned(samples), params, words, key, phase, config),
@@ -448,14 +458,16 @@ def _phase_two(host, samples, tokens, words, key, config, tools, state, total, g
         start = state.load(params, optimizer) if state.exists() else 0
         token_views = {"subject": params["token.subject"], "style": params["token.style"]}
         scale = LossScale() if host.compute_dtype == torch.float16 else None
+        if scale is not None:
+            scale.restore(state.extra.get("loss_scale"))
         host.sink.log(f"MagiCapture phase 2 (LoRA rank {config.rank} + continued inversion): {config.lora_steps} steps"
                       + (f", resuming at step {start}" if start else ""))
-        Trainer(params, optimizer,
-                phase_two_loss(host, owned(samples), token_views, words, key, phase, config, tools, skips),
-                PhaseSink(host.sink, config.ti_steps, total), config.lora_steps, config.seed + 1, 1,
-                config.save_every, config.preview_every, state, loss_scale=scale, before_step=phase.before_step,
-                max_grad_norm=config.max_grad_norm, clipped=[n for n in params if not n.startswith("token.")],
-                sparse_grads=True).run(start)
+        with host.cross_attention_maps(config.attention_level) as store:
+            Trainer(params, optimizer,
+                    phase_two_loss(host, owned(samples), token_views, words, key, phase, config, tools, skips, store),
+                    PhaseSink(host.sink, config.ti_steps, total), config.lora_steps, config.seed + 1, 1,
+                    config.save_every, config.preview_every, state, loss_scale=scale, before_step=phase.before_step,
+                    max_grad_norm=config.max_grad_norm, sparse_grads=True).run(start)
     if skips[1]:
         host.sink.log(losses.log_skip_rate(skips[0], skips[1]))
     return {k: v.detach().cpu() for k, v in token_views.items()}, adapters

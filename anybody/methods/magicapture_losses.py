@@ -2,7 +2,7 @@
 
 Three sample kinds train together: ``instance`` (a subject photo, prompt with the subject token), ``style`` (a style
 portrait, prompt with the style token) and ``both`` (the composed prompt; pseudo label: the style image outside the
-face, the subject's identity on the face). Masks ``m`` are soft: 1 on the token's region, 0.01 elsewhere.
+face, the subject's identity on the face). Masks ``m`` are soft: 1 on the token's region, about 0.01 elsewhere.
 """
 from __future__ import annotations
 
@@ -15,20 +15,16 @@ import torch.nn.functional as F
 
 KINDS = ("instance", "style", "both")
 SUBJECT, STYLE = "subject", "style"
-FLOOR = 0.01  # the weight every pixel keeps outside its token's region
+FLOOR = 0.01  # added before normalising: the weight (0.01 / 1.01) every pixel keeps outside its region
 
 
 # --- masks (spec §2) ---------------------------------------------------------------------------------------------
 
-def soft_mask(binary: torch.Tensor) -> torch.Tensor:
-    """``0.01 + 0.99 * binary``: the canonical form of the official twice-softened parsing mask (which lands at
-    ~0.0099/~0.0197 off-region depending on the face box; documented deviation)."""
-    return FLOOR + (1 - FLOOR) * binary.float()
-
-
 def latent_mask(mask: torch.Tensor, size: tuple[int, int], per_sample: bool = True) -> torch.Tensor:
-    """A pixel mask ``[B, H, W]`` -> the loss mask ``[B, 1, h, w]``: nearest downsampling (PyTorch ``nearest``: pixel
-    (8i, 8j) at SD's 1/8), softened again as ``(m + 0.01) / max(m + 0.01)``. The official code takes one max over
+    """A binary pixel mask ``[B, H, W]`` -> the soft loss mask ``[B, 1, h, w]``: nearest downsampling (PyTorch
+    ``nearest``: pixel (8i, 8j) at SD's 1/8), softened as ``(m + 0.01) / max(m + 0.01)`` — 1 on the region, 0.0099
+    elsewhere, the official values for style samples (its twice-softened subject masks reach 0.0099-0.0197 off the
+    face: documented deviation). The official code takes one max over
     the whole batch (``per_sample=False``); per sample is the same at its batch of 1."""
     small = F.interpolate(mask.float()[:, None], size=size, mode="nearest")
     shifted = small + FLOOR
@@ -126,19 +122,6 @@ def decayed_lr(base: float, update: int, total: int) -> float:
 def sample_timesteps(n: int, upper: int, generator: torch.Generator) -> torch.Tensor:
     """``t ~ U{0 .. upper-1}``: 1000 in phase 1, 800 in phase 2 (the official ``t`` multiplier 0.8)."""
     return torch.randint(0, upper, (n,), generator=generator)
-
-
-@dataclass(frozen=True)
-class PhaseSchedule:
-    steps: int
-    t_upper: int
-    lrs: Mapping[str, float]
-
-
-def paper_phases() -> tuple[PhaseSchedule, PhaseSchedule]:
-    """The official run's effective learning rates (``--scale_lr`` applied, spec §4-§5)."""
-    return (PhaseSchedule(1200, 1000, {"tokens": 2e-3}),
-            PhaseSchedule(1500, 800, {"unet_lora": 4e-4, "text_lora": 4e-5, "tokens": 1e-4}))
 
 
 # --- the sample list (spec §2) -----------------------------------------------------------------------------------

@@ -34,8 +34,9 @@ def level_of(path: str, levels: int = 4, layers_per_block: int = 2) -> int | Non
 
 def probabilities(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     """``softmax(q k^T / sqrt(d))`` in fp32 for ``[B, heads, N, d]`` and ``[B, heads, T, d]`` -> ``[B, heads, N, T]``."""
-    scores = query.float() @ key.float().transpose(-1, -2) / math.sqrt(query.shape[-1])
-    return scores.softmax(dim=-1)
+    with torch.autocast(device_type=query.device.type, enabled=False):  # fp32 even inside a host's autocast
+        scores = query.float() @ key.float().transpose(-1, -2) / math.sqrt(query.shape[-1])
+        return scores.softmax(dim=-1)
 
 
 @dataclass

@@ -815,7 +815,7 @@ def test_magicapture_node_trains_both_phases_and_returns_stock_lora_patched_mode
     recognizer_mod = _pack_module("anybody.face.recognizer")
     IResNet = _pack_module("anybody.nets.iresnet").IResNet
 
-    def stand_in(models, parsing_net, recognizer, device):
+    def stand_in(models, parsing_net, recognizer, device, parsing_name=""):
         def detect(image):
             s = image.shape[0]
             return [Face(np.array([0.15, 0.1, 0.85, 0.9]) * s,
@@ -862,6 +862,9 @@ def test_magicapture_node_trains_both_phases_and_returns_stock_lora_patched_mode
     with torch.inference_mode():
         again = node.train(**args)
     assert "not retrained" in again["ui"]["text"][0]
+    with torch.inference_mode():  # checkpointed blocks recompute the captured attention in the backward pass
+        checkpointed = node.train(**{**args, "subject_name": "mc_ck", "style_name": "mc_cklook", "gradient_checkpointing": True})
+    assert checkpointed["result"][2].endswith("mc_ck_mc_cklook.safetensors")
 
     # the shipped example's API twin, shrunk, in the executor: trains anew (other names), samples with the result
     import json
