@@ -210,3 +210,19 @@ def test_cli_trains_a_subject_and_a_style(tools, tmp_path, monkeypatch, capsys):
     assert main(["train", "magicapture", "--checkpoint", "x", "--subject", "a", "--style", "b", "--subject-name", "s",
                  "--style-name", "s", "--recognizer", "r", "--parsing", "p"]) == 2
     assert "different names" in capsys.readouterr().err
+
+
+def test_phase_two_previews_show_the_composed_prompt(host, tools, photos, monkeypatch):
+    prompts = []
+    real = host.encode_prompts
+
+    def spy(texts, injections=None):
+        prompts.append(list(texts))
+        return real(texts, injections)
+
+    monkeypatch.setattr(host, "encode_prompts", spy)
+    mc.train_magicapture(host, *photos, tools, "pv", "pvs", replace(FAST, ti_steps=2, lora_steps=2, preview_every=1))
+    assert len(host.sink.previews) == 4 and host.sink.previews[-1].shape == (64, 64, 3)
+    # phase 1: one encode per step; phase 2: the step's own, then the preview's composed prompt
+    assert len(prompts) == 2 + 2 * 2, prompts
+    assert all("<pv>" in prompts[i][0] and "<pvs>" in prompts[i][0] for i in (3, 5))

@@ -231,6 +231,20 @@ def _preview(host: Host, x_t, pred, a):
     return show
 
 
+def _composed_preview(host: Host, sample: Sample, injections: dict, store) -> Callable[[], torch.Tensor]:
+    """What the composed prompt makes of a composed sample's latent noised to t = 600 (fixed noise): the preview of
+    phase 2, where the subject meets the style."""
+    def show() -> torch.Tensor:
+        with torch.no_grad():
+            store.active = False
+            z0 = sample.latent[None].to(host.device)
+            eps = torch.randn(z0.shape, generator=torch.Generator().manual_seed(0)).to(host.device)
+            t = torch.tensor([600])
+            x_t, pred, a = _denoise(host, z0, t, eps, host.encode_prompts([sample.prompt], injections))
+            return host.preview_image(diffusion.x0_from(host.prediction, x_t, pred, a))[0]
+    return show
+
+
 def phase_one_loss(host: Host, samples: Sequence[Sample], tokens: dict[str, torch.Tensor], words: tuple[str, str],
                    key: str, phase: _Phase, config: MagiCaptureConfig):
     """Textual inversion of both tokens: masked reconstruction, style samples weighted early (spec §4, §6.1-6.2)."""
@@ -256,6 +270,7 @@ def phase_two_loss(host: Host, samples: Sequence[Sample], tokens: dict[str, torc
     timestep (spec §5, §6). ``skips`` counts [identity terms skipped, identity terms due]; ``store`` is the open
     capture of the refocused layers (open for the whole run: a checkpointed backward pass recomputes through it)."""
     encoder = host.encoders[key]
+    composed = next((s for s in samples if s.kind == "both"), None)
 
     def loss_fn(gen: torch.Generator) -> StepResult:
         sample = samples[int(torch.randint(len(samples), (), generator=gen))]
@@ -285,7 +300,10 @@ def phase_two_loss(host: Host, samples: Sequence[Sample], tokens: dict[str, torc
             skips[0] += skipped
             if identity is not None:
                 loss = loss + config.id_weight * identity
-        return StepResult(loss, _preview(host, x_t, pred, a))
+        if composed is None:
+            return StepResult(loss, _preview(host, x_t, pred, a))
+        return StepResult(loss, _composed_preview(
+            host, composed, {words[0]: {key: tokens["subject"]}, words[1]: {key: tokens["style"]}}, store))
 
     return loss_fn
 
