@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import html
 import os
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator, Sequence
@@ -381,9 +382,6 @@ class A1111Host(Host):
         out-of-memory anywhere puts every one of them back."""
         from modules import devices, sd_hijack, shared
 
-        if adapters:
-            raise NotImplementedError("LoRA training through the webui is not built yet (MagiCapture: ComfyUI and the "
-                                      "command line first).")
         self.require_whole_model()
         with contextlib.ExitStack() as undo:
             undo.callback(devices.torch_gc)
@@ -403,7 +401,8 @@ class A1111Host(Host):
                 undo.callback(lambda: vae.to(devices.device))
                 undo.callback(devices.torch_gc)  # runs first: free the activations before the VAE comes back
                 vae.to(devices.cpu)
-            undo.enter_context(super().training(batch_pixels, checkpointing))
+            undo.callback(lambda: setattr(self, "_train_decoder", None))
+            undo.enter_context(super().training(batch_pixels, checkpointing, adapters))
             yield
 
     @contextlib.contextmanager
@@ -428,6 +427,80 @@ class A1111Host(Host):
         with checkpointed([m for m in self.sd_model.model.diffusion_model.modules()
                            if isinstance(m, (ResBlock, BasicTransformerBlock))]):
             yield
+
+    # --- LoRA, attention capture, differentiable decode (MagiCapture) --------------------------------------
+    def lora_roots(self) -> dict[str, torch.nn.Module]:
+        roots = {"unet": self.sd_model.model.diffusion_model}
+        if self.family == "sdxl":
+            roots["te1"], roots["te2"] = (self.encoders[k].wrapper.wrapped for k in ("clip_l", "clip_g"))
+        else:
+            roots["te"] = next(iter(self.encoders.values())).wrapper.wrapped
+        return roots
+
+    def lora_layers(self, tree: str, patterns) -> list[tuple[str, str, torch.nn.Module]]:
+        """The loaded model's layers (forward hooks attach to them); UNet paths are the LDM layout's, translated to
+        diffusers paths for the kohya names the webui's own Lora reads back."""
+        from ..train.lora import clip_path, find_targets, ldm_to_diffusers
+
+        if tree != "unet":
+            return [(p, clip_path(p), layer) for p, layer in find_targets(self.lora_roots()[tree], patterns)]
+        unet = self.sd_model.model.diffusion_model
+        per_level = list(getattr(unet, "num_res_blocks", [2]))[0]
+        return [(p, ldm_to_diffusers(p, per_level), layer) for p, layer in find_targets(unet, patterns)]
+
+    @contextlib.contextmanager
+    def cross_attention_maps(self, level: int | None = None):
+        """The chosen CrossAttention modules get an instance ``forward`` that computes the probabilities explicitly
+        and records them (over whatever attention optimisation the webui installed on the class); removed after."""
+        from ..train.attention_maps import AttentionStore, level_of, probabilities
+
+        unet = self.sd_model.model.diffusion_model
+        per_level = list(getattr(unet, "num_res_blocks", [2]))[0]
+        levels = len(getattr(unet, "channel_mult", (1, 2, 4, 4)))
+        found: dict = {}
+        for name, module in unet.named_modules():
+            if re.match(r"^(input|output)_blocks\.\d+\.1\.transformer_blocks\.\d+\.attn2$", name):
+                found.setdefault(level_of(name, levels, per_level), []).append(module)
+        level = max(found, default=0) if level is None else level
+        if level not in found:
+            raise ValueError(f"this UNet has no cross-attention layers at level {level}")
+        store = AttentionStore()
+
+        def capturing(module):
+            def forward(x, context=None, mask=None, **kwargs):
+                context = x if context is None else context
+                heads, b = module.heads, x.shape[0]
+                q, k, v = (t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)
+                           for t in (module.to_q(x), module.to_k(context), module.to_v(context)))
+                probs = probabilities(q, k)
+                store.record(probs)
+                return module.to_out((probs.to(v.dtype) @ v).transpose(1, 2).reshape(b, -1, heads * v.shape[-1]))
+            return forward
+
+        modules = found[level]
+        for module in modules:
+            module.forward = capturing(module)
+        try:
+            yield store
+        finally:
+            for module in modules:
+                del module.forward
+
+    def decode_differentiable(self, latents: torch.Tensor) -> torch.Tensor:
+        """Through an fp32 copy of the checkpoint's VAE made for this training run (the webui's may be fp16, or
+        moved to RAM while training)."""
+        import copy
+
+        if getattr(self, "_train_decoder", None) is None:
+            self._train_decoder = copy.deepcopy(self.sd_model.first_stage_model).float().to(self.device)
+            self._train_decoder.requires_grad_(False).eval()
+        x = self._train_decoder.decode(latents.float().to(self.device) / self.sd_model.scale_factor)
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    def loras_dir(self) -> Path:
+        from modules import shared
+
+        return Path(getattr(shared.cmd_opts, "lora_dir", None) or Path(_models_path()) / "Lora")
 
     def embeddings_dir(self) -> Path:
         return embeddings_dir()
@@ -461,6 +534,12 @@ def _sgm_posterior(vae, x: torch.Tensor):
         moments = vae.quant_conv(moments)
     mean, logvar = moments.float().chunk(2, dim=1)
     return SimpleNamespace(mean=mean, std=torch.exp(0.5 * logvar.clamp(-30.0, 20.0)))
+
+
+def _models_path() -> str:
+    from modules import paths
+
+    return paths.models_path
 
 
 def embeddings_dir() -> Path:

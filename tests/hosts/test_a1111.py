@@ -97,6 +97,52 @@ def _register(demo, app):
         return list(handler("task(probe)", files, *[values[k] for k in tab.CB_CONTROLS]))
 
 
+    @app.post("/anybody-probe/magicapture")
+    def magicapture_probe(body: dict):
+        """MagiCapture on the loaded model with stand-in face detection and parsing (the face stack is tested on its
+        own) and a random torch recognizer; then the webui's own Lora loader reads the file."""
+        import numpy as np
+
+        import networks
+        from anybody.face.detect import Face
+        from anybody.face.recognizer import FaceRecognizer
+        from anybody.host.a1111 import A1111Host, A1111Sink, refresh_embeddings
+        from anybody.methods import magicapture as mc
+        from anybody.nets.iresnet import IResNet
+        from anybody.train import lora
+
+        def detect(image):
+            s = image.shape[0]
+            return [Face(np.array([0.15, 0.1, 0.85, 0.9]) * s,
+                         np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.7], [0.62, 0.7]]) * s, 0.9)]
+
+        def face_mask(image, face):
+            mask = np.zeros(image.shape[:2], np.float32)
+            mask[16:48, 16:48] = 1
+            return mask
+
+        torch.manual_seed(0)
+        net = IResNet((1, 1, 1, 1)).eval().requires_grad_(False)
+        tools = mc.FaceTools(detect, face_mask, FaceRecognizer("tiny", lambda x: net(x), "torch", net))
+        g = torch.Generator().manual_seed(1)
+        photos = [torch.rand(64, 64, 3, generator=g) for _ in range(4)]
+        config = mc.MagiCaptureConfig(ti_steps=2, lora_steps=2, resolution=64, save_every=0, preview_every=1,
+                                      gradient_checkpointing=body.get("checkpointing", False))
+        with call_queue.queue_lock:
+            shared.state.begin(job="probe-magicapture")
+            try:
+                host = A1111Host(A1111Sink("MagiCapture"))
+                result = mc.train_magicapture(host, photos[:2], photos[2:], tools, body["subject"], body["style"], config)
+            finally:
+                shared.state.end()
+            refresh_embeddings()
+        networks.list_available_networks()
+        name = result.lora_path.stem
+        loaded = networks.load_network(name, networks.available_networks[name])
+        return {"lora": str(result.lora_path), "adapters": len(lora.read_kohya(result.lora_path)),
+                "matched": len(loaded.modules), "subject": str(result.subject_path)}
+
+
 script_callbacks.on_app_started(_register)
 '''
 
@@ -494,3 +540,17 @@ def test_celeb_basis_route_trains_two_people_one_prompt_uses_both_and_foreign_ta
     html = __import__("html").unescape(html)
     assert "Trained cbtab (sd1)" in html and "face pack's recognizer" in html and "a photo of cbtab person" in html, html
     assert "cbtab" in webui.get("/sdapi/v1/embeddings")["loaded"]
+
+
+def test_magicapture_trains_on_the_webuis_model_and_its_own_lora_loader_reads_every_key(webui):
+    """LoRA as forward hooks on the loaded model, the five attention layers captured over the webui's attention,
+    the VAE decoded with gradients through a copy; the kohya file matches every module in the webui's Lora."""
+    out = webui.post("/anybody-probe/magicapture", {"subject": "mcw_ana", "style": "mcw_look"})
+    assert out["lora"].endswith("mcw_ana_mcw_look.safetensors") and out["adapters"] == out["matched"] > 100, out
+    assert Path(out["lora"]).parent.name == "Lora"  # the webui's own LoRA folder
+    prompt = "A photo of a mcw_ana person with style mcw_look"
+    plain, _ = txt2img(webui, prompt)
+    with_lora, _ = txt2img(webui, prompt + " <lora:mcw_ana_mcw_look:0.9:0.6>")
+    assert with_lora != plain
+    again = webui.post("/anybody-probe/magicapture", {"subject": "mcw_ck", "style": "mcw_cklook", "checkpointing": True})
+    assert again["adapters"] == again["matched"]
