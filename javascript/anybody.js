@@ -18,3 +18,7 @@ function anybody_start_training() {
 function anybody_start_celeb_basis() {
     return anybody_track('anybody_cb', arguments);
 }
+
+function anybody_start_magicapture() {
+    return anybody_track('anybody_mc', arguments);
+}

@@ -128,3 +128,14 @@ def test_every_host_adapter_implements_the_whole_host_seam():
     for cls in (a1111.A1111TextEncoder, a1111.A1111Host, comfy.ComfyTextEncoder, comfy.ComfyHost,
                 diffusers.DiffusersTextEncoder, diffusers.DiffusersHost):
         assert not inspect.isabstract(cls), (cls.__name__, sorted(cls.__abstractmethods__))
+
+
+def test_magicapture_fields_have_their_own_presets_and_the_nodes_names():
+    from anybody.a1111 import fields
+
+    checked, config = fields.magicapture_request({"preset": "fast", "subject_name": "a", "resume": False})
+    assert checked["preset"] == "fast" and config.ti_steps == 300 and checked["saved_progress"] == "start over"
+    with pytest.raises(BadInputError, match="'preset' must be one of paper, fast"):
+        fields.magicapture_request({"preset": "paper-320"})
+    with pytest.raises(BadInputError, match="Unknown field"):
+        fields.magicapture_request({"steps": 3})

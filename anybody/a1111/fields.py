@@ -92,6 +92,35 @@ CELEB_BASIS_FIELDS: dict[str, Any] = {
 }
 
 
+#: AnybodyMagiCaptureLoRA's inputs (less the webui's model); the face files are names in the webui's models folders
+MAGICAPTURE_FIELDS: dict[str, Any] = {
+    "subject_images": None, "style_images": None, "subject_name": "my_face", "style_name": "my_style",
+    "preset": "paper", "resolution": 0, "seed": 42, "save_every": 100, "preview_every": 50, "saved_progress": "resume",
+    "overwrite": False, "gradient_checkpointing": False, "face_model": "antelopev2",
+    "recognizer": "auto", "parsing_model": "79999_iter.pth",
+}
+
+
+def magicapture_request(body: Mapping[str, Any]):
+    """The checked fields and the training config of a magicapture request."""
+    from ..methods.magicapture import PRESETS, preset
+
+    body = dict(body)
+    if "resume" in body:
+        resume = body.pop("resume")
+        if not isinstance(resume, bool):
+            raise BadInputError(f"magicapture: 'resume' must be true or false, got {resume!r}.")
+        body.setdefault("saved_progress", "resume" if resume else "start over")
+    chosen = body.pop("preset", MAGICAPTURE_FIELDS["preset"])  # checked here: cross-init's presets have the same name
+    if chosen not in PRESETS:
+        raise BadInputError(f"magicapture: 'preset' must be one of {', '.join(PRESETS)}, got {chosen!r}.")
+    checked = checked_fields(body, {k: v for k, v in MAGICAPTURE_FIELDS.items() if k != "preset"}, "magicapture")
+    checked["preset"] = chosen
+    config = preset(checked["preset"], **{k: checked[k] for k in ("resolution", "seed", "save_every", "preview_every",
+                                                                  "gradient_checkpointing")})
+    return checked, config
+
+
 def celeb_basis_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], CelebBasisConfig]:
     """The checked fields and the training config of a celeb-basis request (``resume: true|false`` as for
     cross-init)."""

@@ -123,6 +123,14 @@ def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: C
             "seconds_per_step": None if reused else sink.seconds_per_step()}
 
 
+def parsing_files() -> list[str]:
+    """Face parsing weights in models/face_parsing."""
+    from modules import paths
+
+    folder = Path(paths.models_path) / "face_parsing"
+    return sorted(p.name for p in folder.glob("*") if p.suffix in (".pth", ".pt", ".safetensors")) if folder.is_dir() else []
+
+
 def recognizer_files() -> list[str]:
     """Face recognizers in models/face_recognition."""
     from modules import paths
@@ -194,6 +202,42 @@ def celeb_basis(images: Sequence[torch.Tensor], fields: dict[str, Any], config, 
                        for r in results],
             "reused": reused, "family": results[0].identity.family, "steps": config.steps * len(results),
             "warnings": warnings, "seconds_per_step": None if reused else sink.seconds_per_step()}
+
+
+@functools.lru_cache(maxsize=1)
+def _parsing_net(path: str, stamp: tuple):
+    from ..nets.bisenet import load_bisenet
+
+    return load_bisenet(path)
+
+
+def magicapture(subjects: Sequence[torch.Tensor], styles: Sequence[torch.Tensor], fields: dict[str, Any], config,
+                sink=None) -> dict[str, Any]:
+    """Train a subject and a style on the loaded model: a kohya LoRA in the webui's Lora folder and two embeddings."""
+    from ..errors import ModelFileError
+    from ..methods.magicapture import STRENGTHS, check_settings, face_tools, train_magicapture
+    from ..nets.bisenet import SOURCE
+
+    check_settings(fields["subject_name"], fields["style_name"], config)
+    models = face_models(fields["face_model"])
+    chosen = recognizer(fields["recognizer"], models)
+    path = _model_file("face_parsing", fields["parsing_model"], "parsing_model")
+    if not path.is_file():
+        raise ModelFileError(f"Face parsing weights not found: {path}. Get 79999_iter.pth from {SOURCE} and put it there.")
+    sink = sink or webui.A1111Sink("MagiCapture")
+    host = webui.A1111Host(sink)
+    stat = path.stat()
+    net = _parsing_net(str(path), (stat.st_size, stat.st_mtime_ns)).to(host.device)
+    tools = face_tools(models, net, chosen, host.device, parsing_name=path.name)
+    result = train_magicapture(host, list(subjects), list(styles), tools, fields["subject_name"], fields["style_name"],
+                               config, resume=fields["saved_progress"] == "resume",
+                               restart=fields["saved_progress"] == "start over", overwrite=fields["overwrite"])
+    webui.refresh_embeddings()
+    tag = f"<lora:{result.lora_path.stem}:{STRENGTHS['text']}:{STRENGTHS['unet']}>"
+    return {"lora": str(result.lora_path), "subject": result.subject.name, "style": result.style.name,
+            "embeddings": [str(result.subject_path), str(result.style_path)], "reused": result.reused,
+            "prompt": f"A photo of a {result.subject.name} person with style {result.style.name} {tag}",
+            "seconds_per_step": None if result.reused else sink.seconds_per_step()}
 
 
 def _model_file(folder: str, name: str, what: str) -> Path:
@@ -317,7 +361,8 @@ def info() -> dict[str, Any]:
         "host": "forge" if webui.is_forge() else "a1111",
         "model": {"family": family, "checkpoint": checkpoint, "problem": problem},
         "embeddings_dir": str(webui.embeddings_dir()),
-        "capabilities": {"cross_init": family is not None, "celeb_basis": family is not None and bool(packs), "align": bool(packs), "identity_score": bool(packs),
+        "capabilities": {"cross_init": family is not None, "celeb_basis": family is not None and bool(packs),
+                         "magicapture": family == "sd1" and bool(packs), "align": bool(packs), "identity_score": bool(packs),
                          "inject": family is not None, "adaface": family == "sd1" and bool(packs) and have_adaface},
         "model_files": {"insightface_packs": packs, "insightface_folders": webui.face_model_roots(),
                         "celebrity_names": name_lists(), "adaface": checkpoints if have_adaface else [],

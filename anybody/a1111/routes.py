@@ -117,6 +117,17 @@ def register(app) -> None:
                 return jobs.celeb_basis(images, checked, config)
         return answer(run)
 
+    @router.post(f"{PREFIX}/train/magicapture")
+    def anybody_train_magicapture(body: dict = Body(...)):
+        """MagiCapture: a subject and a portrait style -> a kohya LoRA and two embeddings (SD1.x)."""
+        def run():
+            checked, config = fields.magicapture_request(body)
+            subjects = fields.decode_images(checked["subject_images"], "subject_images")
+            styles = fields.decode_images(checked["style_images"], "style_images")
+            with webui_job("anybody-magicapture"):
+                return jobs.magicapture(subjects, styles, checked, config)
+        return answer(run)
+
     @router.post(f"{PREFIX}/align")
     def anybody_align(body: dict = Body(...)):
         """FaceAlign: aligned crops (base64 PNG) and per-photo face records."""

@@ -94,6 +94,27 @@ def celeb_basis_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
     return "", _guarded(run)[1]
 
 
+MC_CONTROLS = ("subject_name", "style_name", "preset", "resolution", "seed", "save_every", "preview_every",
+               "saved_progress", "overwrite", "gradient_checkpointing", "face_model", "recognizer", "parsing_model")
+
+
+def magicapture_from_tab(task_id: str, subject_files, style_files, *values) -> tuple[Any, str]:
+    def run():
+        body = dict(zip(MC_CONTROLS, values))
+        for key in ("resolution", "seed", "save_every", "preview_every"):
+            body[key] = int(body[key])
+        body["face_model"] = body["face_model"] or "antelopev2"
+        body["recognizer"] = body["recognizer"] or "auto"
+        checked, config = fields.magicapture_request(body)
+        result = jobs.magicapture(_photos(subject_files, "subject photos"), _photos(style_files, "style photos"),
+                                  checked, config)
+        done = "Loaded (already trained with these photos and settings)" if result["reused"] else "Trained"
+        return None, _message(f"{done}: {result['lora']}\nEmbeddings: {', '.join(result['embeddings'])}\n"
+                              f"Prompt: {result['prompt']}")
+
+    return "", _guarded(run)[1]
+
+
 def adaface_from_tab(files, name, strength, face_model, adaface_file, arc2face, save_embedding, overwrite):
     def run():
         from pathlib import Path
@@ -245,6 +266,53 @@ def build():
                                         cb_views, cb_save_every, cb_preview_every, cb_saved, cb_overwrite,
                                         cb_names_file, cb_checkpointing, cb_pack, cb_recognizer],
                                 outputs=[cb_text, cb_result])
+            with gr.Tab("MagiCapture (person + style)", elem_id=f"{ELEM}_magicapture_tab"):
+                mcd = fields.MAGICAPTURE_FIELDS
+                from ..methods.magicapture import PRESETS as MC_PRESETS
+
+                parsing_files = jobs.parsing_files() or [mcd["parsing_model"]]
+                with gr.Row():
+                    with gr.Column():
+                        mc_subjects = gr.File(label="Photos of the person", file_count="multiple", file_types=["image"],
+                                              elem_id=f"{ELEM}_mc_subjects")
+                        mc_styles = gr.File(label="Portraits in the style (each with a face)", file_count="multiple",
+                                            file_types=["image"], elem_id=f"{ELEM}_mc_styles")
+                        with gr.Row():
+                            mc_subject = gr.Textbox(label="subject_name", value=mcd["subject_name"],
+                                                    elem_id=f"{ELEM}_mc_subject_name")
+                            mc_style = gr.Textbox(label="style_name", value=mcd["style_name"],
+                                                  elem_id=f"{ELEM}_mc_style_name")
+                            mc_preset = gr.Dropdown(label="preset", choices=list(MC_PRESETS), value=mcd["preset"],
+                                                    info="paper: 1,200 + 1,500 steps; fast: 300 + 400 (ours)")
+                        with gr.Row():
+                            mc_resolution = gr.Number(label="resolution (0: the model's own)", value=0, precision=0)
+                            mc_seed = gr.Number(label="seed", value=mcd["seed"], precision=0)
+                            mc_save_every = gr.Number(label="save_every", value=mcd["save_every"], precision=0)
+                            mc_preview_every = gr.Number(label="preview_every", value=mcd["preview_every"], precision=0)
+                        with gr.Row():
+                            mc_saved = gr.Radio(label="saved_progress", choices=list(fields.SAVED_PROGRESS),
+                                                value=mcd["saved_progress"])
+                            mc_overwrite = gr.Checkbox(label="overwrite", value=False)
+                            mc_checkpointing = gr.Checkbox(label="gradient_checkpointing", value=False)
+                        with gr.Row():
+                            mc_pack = gr.Dropdown(label="face_model", choices=packs, value=packs[0] if packs else None)
+                            mc_recognizer = gr.Dropdown(label="recognizer (models/face_recognition; torch ArcFace)",
+                                                        choices=["auto", *jobs.recognizer_files()], value="auto")
+                            mc_parsing = gr.Dropdown(label="parsing_model (models/face_parsing)", choices=parsing_files,
+                                                     value=parsing_files[0])
+                        mc_task = gr.Textbox(visible=False, elem_id=f"{ELEM}_mc_task_id")
+                        mc_button = gr.Button("Train", variant="primary", elem_id=f"{ELEM}_mc_train")
+                    with gr.Column():
+                        mc_text = gr.Text(elem_id=f"{ELEM}_mc_output", value="", show_label=False)
+                        gr.Gallery(label="Preview", show_label=False, elem_id=f"{ELEM}_mc_gallery", columns=1)
+                        gr.HTML(elem_id=f"{ELEM}_mc_progress", value="")
+                        mc_result = gr.HTML(elem_id=f"{ELEM}_mc_result", value="")
+                mc_button.click(fn=wrap_gradio_gpu_call(magicapture_from_tab, extra_outputs=[""]),
+                                _js="anybody_start_magicapture",
+                                inputs=[mc_task, mc_subjects, mc_styles, mc_subject, mc_style, mc_preset, mc_resolution,
+                                        mc_seed, mc_save_every, mc_preview_every, mc_saved, mc_overwrite,
+                                        mc_checkpointing, mc_pack, mc_recognizer, mc_parsing],
+                                outputs=[mc_text, mc_result])
             with gr.Tab("AdaFace (no training)", elem_id=f"{ELEM}_adaface_tab"):
                 ada = fields.ADAFACE_FIELDS
                 checkpoints, arc_folders = jobs.adaface_files()

@@ -143,6 +143,46 @@ def _register(demo, app):
                 "matched": len(loaded.modules), "subject": str(result.subject_path)}
 
 
+    @app.post("/anybody-probe/stand-in-faces")
+    def stand_in_faces():
+        """From now on MagiCapture's face tools (detection, parsing) are stand-ins in this webui process and its "fast"
+        preset is one step per phase; the recognizer stays the one the request names."""
+        import numpy as np
+
+        from anybody.face.detect import Face
+        from anybody.methods import magicapture as mc
+
+        def tools(models, parsing_net, recognizer, device, parsing_name=""):
+            def detect(image):
+                s = image.shape[0]
+                return [Face(np.array([0.15, 0.1, 0.85, 0.9]) * s,
+                             np.array([[0.35, 0.4], [0.65, 0.4], [0.5, 0.55], [0.38, 0.7], [0.62, 0.7]]) * s, 0.9)]
+
+            def face_mask(image, face):
+                mask = np.zeros(image.shape[:2], np.float32)
+                mask[16:48, 16:48] = 1
+                return mask
+
+            return mc.FaceTools(detect, face_mask, recognizer, "stand-in")
+
+        mc.face_tools = tools
+        mc.PRESETS["fast"] = {"ti_steps": 1, "lora_steps": 1}  # this CPU webui trains the full-size UNet
+        return {"ok": True}
+
+    @app.post("/anybody-probe/tab-magicapture")
+    def tab_magicapture(body: dict):
+        import types
+
+        from modules.call_queue import wrap_gradio_gpu_call
+
+        from anybody.a1111 import fields, tab
+
+        values = {**fields.MAGICAPTURE_FIELDS, **body["values"]}
+        handler = wrap_gradio_gpu_call(tab.magicapture_from_tab, extra_outputs=[""])
+        return list(handler("task(probe)", [types.SimpleNamespace(name=p) for p in body["subjects"]],
+                            [types.SimpleNamespace(name=p) for p in body["styles"]], *[values[k] for k in tab.MC_CONTROLS]))
+
+
 script_callbacks.on_app_started(_register)
 '''
 
@@ -390,7 +430,8 @@ def test_tab_builds_in_the_page_with_its_controls(tmp_path_factory):
         assert {"anybody_train", "anybody_name", "anybody_train_photos", "anybody_align", "anybody_score",
                 "anybody_saved_progress", "anybody_train_gallery", "anybody_adaface", "anybody_adaface_photos",
                 "anybody_adaface_strength", "anybody_cb_train", "anybody_cb_names", "anybody_cb_photos",
-                "anybody_cb_gallery", "anybody_cb_recognizer"} <= ids
+                "anybody_cb_gallery", "anybody_cb_recognizer", "anybody_mc_train", "anybody_mc_subjects",
+                "anybody_mc_styles", "anybody_mc_gallery"} <= ids
         assert {"Anybody identity", "Identity (embedding file)", "Word in the prompt", "AdaFace strength",
                 "...or a face photo (AdaFace, SD1.x, no training)"} <= labels  # the script, in txt2img and img2img
         assert not [line for line in server.tail(2000).splitlines() if "error" in line.lower() and "anybody" in line.lower()]
@@ -554,3 +595,51 @@ def test_magicapture_trains_on_the_webuis_model_and_its_own_lora_loader_reads_ev
     assert with_lora != plain
     again = webui.post("/anybody-probe/magicapture", {"subject": "mcw_ck", "style": "mcw_cklook", "checkpointing": True})
     assert again["adapters"] == again["matched"]
+
+
+def test_magicapture_route_and_tab_train_a_subject_and_a_style(webui):
+    pytest.importorskip("onnx")
+    import sys
+
+    import torch
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from a1111_harness import png_b64
+    from face_onnx import build_pack
+
+    from anybody.nets.bisenet import BiSeNet
+    from anybody.nets.iresnet import IResNet
+
+    build_pack(webui.data / "models" / "insightface", "mcpack")
+    for folder, name, net in (("face_recognition", "ms1mv3_arcface_r100_fp16.pth", IResNet((1, 1, 1, 1))),
+                              ("face_parsing", "79999_iter.pth", BiSeNet())):
+        (webui.data / "models" / folder).mkdir(parents=True, exist_ok=True)
+        if not (webui.data / "models" / folder / name).exists():
+            torch.save({k: (v.abs() + 1 if k.endswith("running_var") else v) for k, v in net.state_dict().items()},
+                       webui.data / "models" / folder / name)
+    webui.post("/anybody-probe/stand-in-faces", {})
+    rng = np.random.default_rng(5)
+    photos = [rng.integers(0, 255, (64, 64, 3)).astype(np.uint8) for _ in range(4)]
+    body = {"subject_images": [png_b64(p) for p in photos[:2]], "style_images": [png_b64(p) for p in photos[2:]],
+            "subject_name": "mcr_ana", "style_name": "mcr_look", "preset": "fast", "resolution": 64,
+            "face_model": "mcpack", "save_every": 0, "preview_every": 0}
+    status, answer = webui.request("POST", "/anybody/v1/train/magicapture", {**body, "style_images": []})
+    assert status == 400 and "'style_images' must be a non-empty list" in answer["detail"], answer
+    status, answer = webui.request("POST", "/anybody/v1/train/magicapture", {**body, "preset": "huge"})
+    assert status == 400 and "'preset' must be one of paper, fast" in answer["detail"], answer
+    assert webui.get("/anybody/v1/info")["capabilities"]["magicapture"]
+    result = webui.post("/anybody/v1/train/magicapture", {**body, "preset": "fast", "seed": 1})
+    assert result["lora"].endswith("mcr_ana_mcr_look.safetensors") and not result["reused"], result
+    assert "<lora:mcr_ana_mcr_look:0.9:0.6>" in result["prompt"]
+    loaded = webui.get("/sdapi/v1/embeddings")["loaded"]
+    assert "mcr_ana" in loaded and "mcr_look" in loaded
+    files = []
+    for i, p in enumerate(photos):
+        files.append(str(webui.data / f"mc_tab_{i}.png"))
+        Image.fromarray(p).save(files[-1])
+    values = {"subject_name": "mct_ana", "style_name": "mct_look", "preset": "fast", "resolution": 64,
+              "face_model": "mcpack", "save_every": 0, "preview_every": 0}
+    _, html = webui.post("/anybody-probe/tab-magicapture", {"subjects": files[:2], "styles": files[2:], "values": values})
+    html = __import__("html").unescape(html)
+    assert "Trained: " in html and "mct_ana_mct_look.safetensors" in html, html
