@@ -123,20 +123,19 @@ def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: C
             "seconds_per_step": None if reused else sink.seconds_per_step()}
 
 
-def parsing_files() -> list[str]:
-    """Face parsing weights in models/face_parsing."""
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def weight_files(folder: str) -> list[str]:
+    """Weight files in the webui's ``models/<folder>`` (face_parsing, face_recognition)."""
     from modules import paths
 
-    folder = Path(paths.models_path) / "face_parsing"
-    return sorted(p.name for p in folder.glob("*") if p.suffix in (".pth", ".pt", ".safetensors")) if folder.is_dir() else []
+    root = Path(paths.models_path) / folder
+    return sorted(p.name for p in root.glob("*") if p.suffix in WEIGHT_SUFFIXES) if root.is_dir() else []
 
 
 def recognizer_files() -> list[str]:
-    """Face recognizers in models/face_recognition."""
-    from modules import paths
-
-    folder = Path(paths.models_path) / RECOGNITION_FOLDER
-    return sorted(p.name for p in folder.glob("*") if p.suffix in (".pth", ".pt", ".safetensors")) if folder.is_dir() else []
+    return weight_files(RECOGNITION_FOLDER)
 
 
 @functools.lru_cache(maxsize=1)

@@ -270,7 +270,7 @@ def build():
                 mcd = fields.MAGICAPTURE_FIELDS
                 from ..methods.magicapture import PRESETS as MC_PRESETS
 
-                parsing_files = jobs.parsing_files() or [mcd["parsing_model"]]
+                parsing_files = jobs.weight_files("face_parsing") or [mcd["parsing_model"]]
                 with gr.Row():
                     with gr.Column():
                         mc_subjects = gr.File(label="Photos of the person", file_count="multiple", file_types=["image"],

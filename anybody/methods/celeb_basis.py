@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..assets import asset_path, read_lines
-from ..errors import AnybodyError, BadInputError, FileExistsAnybodyError
+from ..errors import AnybodyError, BadInputError
 from ..face.recognizer import FaceRecognizer
 from ..files import ensure_writable_folder, safe_name
 from ..host.base import Host
@@ -33,7 +33,8 @@ from ..train.engine import StepResult, Trainer, is_out_of_memory, out_of_memory
 from ..train.loss_scale import LossScale
 from ..train.state import TrainingState
 from .celeb_space import N_COMPONENTS, N_TOKENS, ROW_MODES, CelebBasis, load_or_build, tensor_digest
-from .runs import RESULT_KEY, TrainedIdentity, default_resolution, images_digest, result_key, reusable
+from .runs import (RESULT_KEY, TrainedIdentity, continues_saved, default_resolution, discard_saved, images_digest,
+                   refuse_existing, result_key, reusable)
 
 TEMPLATES = asset_path("ti_templates.txt")
 FEATURE_DIM = 512
@@ -330,21 +331,10 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
     if len(run_name) > 120:  # ten long names would pass the file system's limit on a name
         run_name = f"celeb_basis.{names[0]}+{len(names) - 1}_more.{key}"
     state = TrainingState(host.state_dir(), run_name, run_config)
-    resuming = state.exists() and not restart
-    if resuming and not resume:
-        raise BadInputError(f"{', '.join(names)} have saved progress from a stopped run (step {state.saved_step()}, "
-                            f"in {state.path}). Continue it (node: saved_progress 'resume'; CLI: --resume) or "
-                            "discard it (node: 'start over'; CLI: --restart).")
-    if resuming:
-        state.check_resumable()
-    clashes = [t for t in targets if t.exists()]
-    if clashes and not (overwrite or resuming):
-        raise FileExistsAnybodyError(f"{', '.join(map(str, clashes))} already exist(s) from other photos, settings "
-                                     "or another checkpoint. Choose other names, or replace them (node: overwrite; "
-                                     "command line: --overwrite).")
-    if restart and state.exists():
-        state.clear()
-        host.sink.log(f"Discarded the saved progress of {', '.join(names)} (start over).")
+    resuming = continues_saved([state], ", ".join(names), resume, restart)
+    refuse_existing(targets, overwrite or resuming)
+    if restart:
+        discard_saved([state], ", ".join(names), host.sink.log)
     for folder in (host.embeddings_dir(), host.state_dir()):
         ensure_writable_folder(folder)
     if host.family in EXPERIMENTAL:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..assets import asset_path, read_lines
-from ..errors import AnybodyError, BadInputError, FileExistsAnybodyError
+from ..errors import AnybodyError, BadInputError
 from ..files import ensure_writable_folder, safe_name
 from ..host.base import Host, TextEncoder
 from ..identity import Identity
@@ -25,7 +25,8 @@ from ..train.diffusion import denoising_loss
 from ..train.engine import StepResult, Trainer, is_out_of_memory, out_of_memory
 from ..text.names import BUNDLED_NAMES, name_columns, names_digest, read_name_file
 from ..train.loss_scale import LossScale
-from .runs import RESULT_KEY, TrainedIdentity, default_resolution, images_digest, result_key, reusable
+from .runs import (RESULT_KEY, TrainedIdentity, continues_saved, default_resolution, discard_saved, images_digest,
+                   refuse_existing, result_key, reusable)
 from ..train.state import TrainingState
 
 DEFAULT_NAMES = BUNDLED_NAMES
@@ -180,19 +181,10 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
                       "not retrained.")
         return TrainedIdentity(reused, target, True)
     state = TrainingState(host.state_dir(), name, run_config)
-    resuming = state.exists() and not restart
-    if resuming and not resume:
-        raise BadInputError(f"'{name}' has saved progress from a stopped run (step {state.saved_step()}, in "
-                            f"{state.path}). Continue it (node: saved_progress 'resume'; CLI: --resume) or discard it "
-                            "(node: 'start over'; CLI: --restart).")
-    if resuming:
-        state.check_resumable()
-    if target.exists() and not (overwrite or resuming):
-        raise FileExistsAnybodyError(f"{target} already exists from other photos, settings or another checkpoint. "
-                                     "Choose another name, or replace it (node: overwrite; command line: --overwrite).")
-    if restart and state.exists():
-        state.clear()
-        host.sink.log(f"Discarded the saved progress of '{name}' (start over).")
+    resuming = continues_saved([state], f"'{name}'", resume, restart)
+    refuse_existing([target], overwrite or resuming)
+    if restart:
+        discard_saved([state], f"'{name}'", host.sink.log)
     word = f"<{name}>"
     templates = read_lines(TEMPLATES)
     for folder in (host.embeddings_dir(), host.state_dir()):  # before the training time is spent, not after

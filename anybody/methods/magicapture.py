@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import AnybodyError, BadInputError, FileExistsAnybodyError, WrongModelFamilyError
+from ..errors import AnybodyError, BadInputError, WrongModelFamilyError
 from ..face.align import similarity_matrix, warp_to_crop
 from ..face.detect import Face
 from ..face.recognizer import FaceRecognizer
@@ -37,7 +37,8 @@ from ..train.sink import PhaseSink
 from ..train.state import TrainingState
 from . import magicapture_losses as losses
 from .magicapture_identity import central_face, identity_term
-from .runs import RESULT_KEY, default_resolution, images_digest, result_key, reusable
+from .runs import (RESULT_KEY, continues_saved, default_resolution, discard_saved, images_digest, refuse_existing,
+                   result_key, reusable)
 
 
 @dataclass(frozen=True)
@@ -372,21 +373,11 @@ def train_magicapture(host: Host, subjects: Sequence[torch.Tensor], styles: Sequ
                       "the saved files, not retrained.")
         return MagiCaptureResult(lora_target, found[0], found[1], targets[0], targets[1], True)
     states = [TrainingState(host.state_dir(), f"{run_name}.phase{i}", run_config) for i in (1, 2)]
-    saved = [s for s in states if s.exists()]
-    if saved and not (resume or restart):
-        raise BadInputError(f"{names[0]} + {names[1]} have saved progress from a stopped run (in {saved[-1].path}). "
-                            "Continue it (node: saved_progress 'resume'; CLI: --resume) or discard it (node: 'start "
-                            "over'; CLI: --restart).")
+    who = f"{names[0]} + {names[1]}"
+    resuming = continues_saved(states, who, resume, restart)
+    refuse_existing([lora_target, *targets], overwrite or resuming)
     if restart:
-        for s in saved:
-            s.clear()
-        saved = []
-    for s in saved:
-        s.check_resumable()
-    clashes = [p for p in (lora_target, *targets) if p.exists()]
-    if clashes and not (overwrite or saved):
-        raise FileExistsAnybodyError(f"{', '.join(map(str, clashes))} already exist(s) from other photos or settings. "
-                                     "Choose other names, or replace them (node: overwrite; CLI: --overwrite).")
+        discard_saved(states, who, host.sink.log)
     for folder in (host.embeddings_dir(), host.loras_dir(), host.state_dir()):
         ensure_writable_folder(folder)
     gen = torch.Generator().manual_seed(config.seed)

@@ -9,10 +9,10 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import AnybodyError
+from ..errors import AnybodyError, BadInputError, FileExistsAnybodyError
 from ..host.base import Host
 from ..identity import Identity
-from ..train.state import RESUMABLE_CHANGES
+from ..train.state import RESUMABLE_CHANGES, TrainingState
 
 
 def images_digest(images: torch.Tensor) -> str:
@@ -55,3 +55,40 @@ def reusable(target: Path, key: str) -> Identity | None:
     except AnybodyError:
         return None
     return identity if identity.metadata.get(RESULT_KEY) == key else None
+
+
+# --- saved progress and existing results: never lost silently -------------------------------------------------
+
+def continues_saved(states: list[TrainingState], who: str, resume: bool, restart: bool) -> bool:
+    """Whether this run continues a stopped run's saved progress. Saved progress without ``resume`` or ``restart``
+    is an error that says which to choose; a resume with other settings is refused before anything loads."""
+    saved = [s for s in states if s.exists()]
+    if not saved or restart:
+        return False
+    if not resume:
+        latest = saved[-1]
+        raise BadInputError(f"{who}: saved progress from a stopped run (step {latest.saved_step()}, in {latest.path}). "
+                            "Continue it (node: saved_progress 'resume'; CLI: --resume) or discard it (node: 'start "
+                            "over'; CLI: --restart).")
+    for s in saved:
+        s.check_resumable()
+    return True
+
+
+def refuse_existing(paths: list[Path], allowed: bool) -> None:
+    """Result files of other photos, settings or checkpoints are replaced only when asked (or by a resumed run)."""
+    clashes = [p for p in paths if p.exists()]
+    if clashes and not allowed:
+        one = len(clashes) == 1
+        raise FileExistsAnybodyError(f"{', '.join(map(str, clashes))} already exist{'s' if one else ''} from other "
+                                     "photos, settings or another checkpoint. Choose another name, or replace "
+                                     f"{'it' if one else 'them'} (node: overwrite; command line: --overwrite).")
+
+
+def discard_saved(states: list[TrainingState], who: str, log) -> None:
+    """``restart``: delete the saved progress (after every check has passed, so an error never costs it)."""
+    saved = [s for s in states if s.exists()]
+    for s in saved:
+        s.clear()
+    if saved:
+        log(f"Discarded the saved progress of {who} (start over).")
