@@ -98,7 +98,7 @@ def test_training_writes_a_stock_embedding_and_touches_no_weights(host, faces):
         assert torch.equal(p, before[n]), n  # token table and every encoder weight bit-identical
     assert torch.equal(next(host.unet.parameters()), unet_before)
     assert host.sink.steps == [1, 2, 3, 4] and len(host.sink.previews) == 2
-    assert host.sink.previews[0].shape == (64, 64, 3)
+    assert host.sink.previews[0].shape == (64 + 160, 256, 3)  # the sample above its loss curve
 
 
 def test_optimizer_is_adamw_with_paper_lr_and_decay(host, faces, monkeypatch):

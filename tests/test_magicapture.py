@@ -98,7 +98,9 @@ def test_cancel_in_phase_two_then_resume_is_exact(host, tools, photos, Recording
     assert torch.equal(resumed.subject.vectors["clip_l"], full.subject.vectors["clip_l"])
     a, b = lora.read_kohya(resumed.lora_path), lora.read_kohya(full.lora_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k][1], b[k][1]) and torch.equal(a[k][0], b[k][0]) for k in a)
-    assert not list(host.state_dir().glob("magicapture.half+look2.*"))
+    assert not list(host.state_dir().glob("magicapture.half+look2.*.safetensors")), "saved progress is removed"
+    curves = sorted(p.name for p in host.state_dir().glob("magicapture.half+look2.*.loss.csv"))
+    assert curves == ["magicapture.half+look2.phase1.loss.csv", "magicapture.half+look2.phase2.loss.csv"]
 
 
 def test_bad_inputs_are_refused_before_training(host, tools, photos):
@@ -222,7 +224,7 @@ def test_phase_two_previews_show_the_composed_prompt(host, tools, photos, monkey
 
     monkeypatch.setattr(host, "encode_prompts", spy)
     mc.train_magicapture(host, *photos, tools, "pv", "pvs", replace(FAST, ti_steps=2, lora_steps=2, preview_every=1))
-    assert len(host.sink.previews) == 4 and host.sink.previews[-1].shape == (64, 64, 3)
+    assert len(host.sink.previews) == 4 and host.sink.previews[-1].shape == (64 + 160, 256, 3)
     # phase 1: one encode per step; phase 2: the step's own, then the preview's composed prompt
     assert len(prompts) == 2 + 2 * 2, prompts
     assert all("<pv>" in prompts[i][0] and "<pvs>" in prompts[i][0] for i in (3, 5))

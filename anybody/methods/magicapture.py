@@ -445,7 +445,8 @@ def _phase_one(host, samples, tokens, words, key, config, state, total):
         Trainer(params, optimizer, phase_one_loss(host, owned(samples), params, words, key, phase, config),
                 PhaseSink(host.sink, 0, total), config.ti_steps, config.seed, 1, config.save_every,
                 config.preview_every, state, after_step=pull_norms, loss_scale=scale,
-                before_step=phase.before_step, sparse_grads=True).run(start)
+                before_step=phase.before_step, sparse_grads=True,
+                curve_title="phase 1 loss (textual inversion)").run(start)
         return {k: v.detach().cpu() for k, v in params.items()}
 
 
@@ -476,7 +477,8 @@ def _phase_two(host, samples, tokens, words, key, config, tools, state, total, g
                     phase_two_loss(host, owned(samples), token_views, words, key, phase, config, tools, skips, store),
                     PhaseSink(host.sink, config.ti_steps, total), config.lora_steps, config.seed + 1, 1,
                     config.save_every, config.preview_every, state, loss_scale=scale, before_step=phase.before_step,
-                    max_grad_norm=config.max_grad_norm, sparse_grads=True).run(start)
+                    max_grad_norm=config.max_grad_norm, sparse_grads=True,
+                    curve_title="phase 2 loss (LoRA + inversion)").run(start)
     if skips[1]:
         host.sink.log(losses.log_skip_rate(skips[0], skips[1]))
     return {k: v.detach().cpu() for k, v in token_views.items()}, adapters

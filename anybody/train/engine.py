@@ -7,13 +7,16 @@ and "save state, then re-raise" when the user cancels or something fails mid-run
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 
 from ..errors import NoGradientError, OutOfMemoryAnybodyError, ProgressNotSavedError, TrainingDivergedError
+from . import curve
 from .interrupts import held_signals
 from .loss_scale import LossScale
 from .sink import ProgressSink
@@ -57,10 +60,16 @@ class Trainer:
     #: one trained embedding table would; at least one tensor must still receive a gradient
     sparse_grads: bool = False
     save_minutes: float = 5.0  # also save when this long has passed since the last save (0: steps only)
+    curve_title: str = "loss"  # the chart drawn below each preview (a phase name for multi-phase methods)
+
+    def __post_init__(self) -> None:
+        #: the loss of every completed step, also of the steps before a resume (kept in the saved state)
+        self.history: list[float] = []
 
     def run(self, start_step: int = 0) -> list[float]:
         """Train from ``start_step`` to ``steps``; returns the loss of each step run."""
         losses: list[float] = []
+        self.history = self._earlier_losses(start_step)
         done = saved = start_step
         last_save = time.monotonic()
         try:
@@ -82,9 +91,10 @@ class Trainer:
                     self._check_params(step)
                     done = step + 1
                     losses.append(total)
+                    self.history.append(total)
                 show = preview if (preview is not None and self.preview_every and self.sink.shows_previews and
                                    (done % self.preview_every == 0 or done == self.steps)) else None
-                self.sink.progress(done, self.steps, loss=total, preview=show() if show else None)
+                self.sink.progress(done, self.steps, loss=total, preview=self._with_curve(show()) if show else None)
                 due = (self.save_every and done % self.save_every == 0) or (
                     self.save_minutes and time.monotonic() - last_save >= self.save_minutes * 60)
                 if self.state is not None and due and done < self.steps:
@@ -140,12 +150,28 @@ class Trainer:
                 g.div_(scale)
         return total, preview
 
+    def _earlier_losses(self, start_step: int) -> list[float]:
+        """The curve of the steps a resumed run already did (NaN where an older state file did not keep them)."""
+        saved = list(self.state.extra.get("losses", [])) if (self.state is not None and start_step) else []
+        saved = [math.nan if v is None else float(v) for v in saved[:start_step]]
+        return [math.nan] * (start_step - len(saved)) + saved
+
+    def _with_curve(self, preview: torch.Tensor) -> torch.Tensor:
+        return curve.beside(preview, lambda width: curve.render(self.history, self.steps, width,
+                                                                 title=self.curve_title))
+
+    def curve_csv(self) -> Optional[Path]:
+        """Where the loss of every step is written at each save: beside the training state."""
+        return None if self.state is None else self.state.directory / f"{self.state.name}.loss.csv"
+
     def _save(self, done: int) -> None:
         """Save progress with interrupts held back: parameters, counters and the file change together or not at all."""
         extra = {"loss_scale": self.loss_scale.state()} if self.loss_scale is not None else {}
+        extra["losses"] = [round(v, 6) if math.isfinite(v) else None for v in self.history[:done]]
         try:
             with held_signals():
                 self.state.save(done, self.params, self.optimizer, extra, self.buffers)
+                curve.write_csv(self.curve_csv(), self.history[:done])
         except OSError as exc:  # full disk, file-size limit, permissions changed mid-run
             raise ProgressNotSavedError(
                 f"Could not save the progress of step {done} to {self.state.path} ({exc.strerror or exc}). The last "
