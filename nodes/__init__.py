@@ -5,6 +5,7 @@ from .cross_init import AnybodyCrossInitTrain
 from .face import (AnybodyFaceAlign, AnybodyFaceModelLoader, AnybodyFaceParse, AnybodyFaceRecognizerLoader,
                    AnybodyIdentityScore)
 from .magicapture import AnybodyMagiCaptureLoRA
+from .restore import AnybodyFaceRestore
 
 NODE_CLASS_MAPPINGS = {
     "AnybodyCrossInitTrain": AnybodyCrossInitTrain,
@@ -17,6 +18,7 @@ NODE_CLASS_MAPPINGS = {
     "AnybodyFaceRecognizerLoader": AnybodyFaceRecognizerLoader,
     "AnybodyCelebBasisEmbed": AnybodyCelebBasisEmbed,
     "AnybodyMagiCaptureLoRA": AnybodyMagiCaptureLoRA,
+    "AnybodyFaceRestore": AnybodyFaceRestore,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "AnybodyCrossInitTrain": "CrossInitTrain (Anybody)",
@@ -29,4 +31,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AnybodyFaceRecognizerLoader": "FaceRecognizerLoader (Anybody)",
     "AnybodyCelebBasisEmbed": "CelebBasisEmbed (Anybody)",
     "AnybodyMagiCaptureLoRA": "MagiCaptureLoRA (Anybody)",
+    "AnybodyFaceRestore": "FaceRestore CodeFormer (Anybody)",
 }

@@ -897,3 +897,66 @@ def test_magicapture_node_trains_both_phases_and_returns_stock_lora_patched_mode
     assert ex.success, errors
     assert ex.history_result["outputs"]["16"]["images"]
     assert (Path(folder_paths.get_folder_paths("loras")[0]) / "mc_ex_mc_exstyle.safetensors").is_file()
+
+
+def test_face_restore_runs_codeformer_on_the_faces_and_upscales_the_rest(comfy_env):
+    """The node with a real CodeFormer network (spandrel-extra-arches, random weights in the official file layout:
+    ``params_ema``), on a photo where the test detector finds one face."""
+    pytest.importorskip("insightface")
+    arches = pytest.importorskip("spandrel_extra_arches.architectures.CodeFormer")
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from face_onnx import build_pack, paint_face
+
+    base = comfy_env["base"]
+    build_pack(base / "insightface", "restorepack")
+    photo = np.full((256, 320, 3), 90, np.uint8)
+    photo[::7] = 160  # texture, so a bilinear upscale and a restored face are told apart
+    paint_face(photo, 160, 128, blue=64)
+    Image.fromarray(photo).save(base / "input" / "restore_me.png")
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "restore_me.png"}},
+             "2": {"class_type": "AnybodyFaceModelLoader", "inputs": {"pack": "restorepack", "provider": "CPU",
+                                                                     "det_size": 640}},
+             "3": {"class_type": "AnybodyFaceRestore", "inputs": {"face_model": ["2", 0], "images": ["1", 0],
+                                                                 "codeformer": "codeformer.pth", "fidelity": 0.5,
+                                                                 "upscale": 2, "faces": "all"}},
+             "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "restored"}}}
+    ex, errors = comfy_env["run"](graph)
+    assert not ex.success, "no weights yet"
+    message = errors[0]["exception_message"]
+    assert "codeformer.pth" in message and str(base / "facerestore_models") in message and "sczhou" in message
+
+    torch.manual_seed(0)
+    net = arches.CodeFormer(dim_embd=64, n_layers=1, codebook_size=64)
+    (base / "facerestore_models").mkdir(exist_ok=True)
+    torch.save({"params_ema": net.state_dict()}, base / "facerestore_models" / "codeformer.pth")
+    outputs = {}
+    for fidelity in (0.5, 1.0):
+        graph["3"]["inputs"]["fidelity"] = fidelity
+        ex, errors = comfy_env["run"](graph)
+        assert ex.success, errors
+        (saved,) = ex.history_result["outputs"]["4"]["images"]
+        outputs[fidelity] = np.asarray(Image.open(base / "output" / saved["filename"])).astype(np.int16)
+    out = outputs[0.5]
+    assert out.shape == (512, 640, 3)
+    upscaled = cv2.resize(photo, (640, 512), interpolation=cv2.INTER_LINEAR).astype(np.int16)
+    assert np.array_equal(out[:40, :40], upscaled[:40, :40]), "away from the face: the bilinear upscale"
+    face = (slice(256 + 4, 256 + 28), slice(320 + 4, 320 + 28))  # the painted face, upscaled
+    assert np.abs(out[face] - upscaled[face]).mean() > 5, "the face went through the restorer"
+    assert np.abs(outputs[1.0][face] - out[face]).mean() > 0, "fidelity reaches the network"
+
+    # blending limited to the parsed face, as the official paste-back (random parsing weights: any mask will do)
+    (base / "face_parsing").mkdir(exist_ok=True)
+    parser = _pack_module("anybody.nets.bisenet").BiSeNet()
+    torch.save({k: (v.abs() + 1 if k.endswith("running_var") else v) for k, v in parser.state_dict().items()},
+               base / "face_parsing" / "parser_for_restore.pth")
+    graph["3"]["inputs"]["parsing_model"] = "parser_for_restore.pth"
+    ex, errors = comfy_env["run"](graph)
+    assert ex.success, errors
+    (saved,) = ex.history_result["outputs"]["4"]["images"]
+    parsed = np.asarray(Image.open(base / "output" / saved["filename"])).astype(np.int16)
+    assert np.array_equal(parsed[:40, :40], upscaled[:40, :40])
+    assert np.all(np.abs(parsed - upscaled) <= np.abs(outputs[1.0] - upscaled) + 2), "never more than the square"
