@@ -239,22 +239,27 @@ class AnybodyIdentityScore:
     RETURN_TYPES = ("FLOAT", "STRING", "IMAGE")
     RETURN_NAMES = ("score", "scores", "plot")
     OUTPUT_TOOLTIPS = ("mean cosine similarity of the generated faces to the reference (-1..1; same person is "
-                       "usually above ~0.4 with ArcFace models)", "one line per image", "bar chart")
-    DESCRIPTION = "Identity similarity between faces in generated images and reference photos, with the loaded recognizer."
+                       "usually above ~0.4 with ArcFace models)",
+                       "the summary (baseline, face rate, copy-paste indicator), then one line per image",
+                       "bar chart, the references' baseline dashed")
+    DESCRIPTION = ("Identity similarity between faces in generated images and reference photos, with the loaded "
+                   "recognizer. With 2+ reference photos it also reports the baseline (the photos against each other, "
+                   "leave-one-out: what 'as alike as the person's own photos' scores) and a copy-paste indicator "
+                   "(closest photo minus the others: high when a generation replicates one photo).")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"face_model": ("ANYBODY_FACE_MODEL",), "images": ("IMAGE",), "reference": ("IMAGE",)}}
 
     def score(self, face_model, images, reference):
-        import numpy as np
         import torch
 
-        from ..anybody.face.score import identity_scores, score_plot, summarize
+        from ..anybody.face.score import identity_report, score_plot, summarize
 
-        scores = identity_scores(face_model, list(images), list(reference))
-        found = [s for s in scores if s is not None]
-        mean = float(np.mean(found)) if found else 0.0
-        lines = "\n".join(f"image {i + 1}: {'no face' if s is None else f'{s:.4f}'}" for i, s in enumerate(scores))
-        plot = torch.from_numpy(score_plot(scores)).float()[None] / 255.0
-        return {"ui": {"text": [summarize(scores)]}, "result": (mean, lines, plot)}
+        report = identity_report(face_model, list(images), list(reference))
+        lines = "\n".join([summarize(report)] + [
+            f"image {i + 1}: no face" if s is None else
+            f"image {i + 1}: {s:.4f}" + ("" if o is None else f" (closest photo {c:.4f}, others {o:.4f})")
+            for i, (s, c, o) in enumerate(zip(report.scores, report.closest, report.others))])
+        plot = torch.from_numpy(score_plot(report)).float()[None] / 255.0
+        return {"ui": {"text": [summarize(report)]}, "result": (report.mean or 0.0, lines, plot)}

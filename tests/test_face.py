@@ -379,25 +379,68 @@ def test_cli_training_lists_photos_without_a_face(pack_root, tmp_path, capsys):
 
 def test_identity_score_is_cosine_to_the_reference_and_none_without_a_face(models):
     from anybody.face.pipeline import embed_faces
-    from anybody.face.score import identity_scores, score_plot, summarize
+    from anybody.face.score import identity_report, score_plot, summarize
 
     image = _textured_faces(1, 2)
     reference = _canvas(seed=3)
     reference[288:416, 288:416] = image[96:224, 96:224]  # the left face
     other = _textured_faces(7, 8)
     blank = _canvas(seed=11)
-    scores = identity_scores(models, [image, other, blank], [reference])
-    assert scores[0] > 0.99 and scores[2] is None
+    report = identity_report(models, [image, other, blank], [reference])
+    scores = report.scores
+    assert scores[0] > 0.99 and scores[2] is None and report.face_rate == pytest.approx(2 / 3)
     # the second image's score is exactly the best cosine of its faces to the reference embedding
     ref_face = detect_faces(models, reference)[0]
     ref = embed_faces(models, reference, [ref_face])[0]
     emb = embed_faces(models, other, detect_faces(models, other))
     assert scores[1] == pytest.approx(float((emb @ ref).max()), abs=1e-6) and scores[1] < 0.99
-    assert "1 image(s) without a face" in summarize(scores)
-    plot = score_plot(scores)
+    assert report.baseline is None and report.copy_paste is None, "one reference photo: nothing to compare it with"
+    text = summarize(report)
+    assert "faces found in 2/3 image(s)" in text and "2 or more reference photos" in text
+    plot = score_plot(report)
     assert plot.shape == (192, 512, 3) and plot.dtype == np.uint8
     with pytest.raises(BadInputError, match="reference"):
-        identity_scores(models, [image], [])
+        identity_report(models, [image], [])
+    with pytest.raises(BadInputError, match="reference photo 2"):
+        identity_report(models, [image], [reference, blank])
+
+
+def _units(*rows):
+    rows = np.asarray(rows, dtype=np.float64)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_baseline_is_the_references_to_each_other_leaving_one_out():
+    from anybody.face.score import report_from_embeddings
+
+    refs = _units([1, 0, 0], [0, 1, 0], [0, 0, 1])  # three photos, pairwise unrelated
+    report = report_from_embeddings([], refs)
+    assert report.baseline == pytest.approx(0.0, abs=1e-12)
+    refs = _units([1, 0, 0], [1, 0, 0], [1, 0, 0])  # three identical photos
+    assert report_from_embeddings([], refs).baseline == pytest.approx(1.0)
+    refs = _units([1, 0], [0, 1])  # two photos: each against the other alone
+    assert report_from_embeddings([], refs).baseline == pytest.approx(0.0, abs=1e-12)
+    refs = _units([1, 0], [1, 1], [0, 1])
+    expect = np.mean([_units(refs[[1, 2]].mean(0))[0] @ refs[0], _units(refs[[0, 2]].mean(0))[0] @ refs[1],
+                      _units(refs[[0, 1]].mean(0))[0] @ refs[2]])
+    assert report_from_embeddings([], refs).baseline == pytest.approx(expect)
+
+
+def test_copy_paste_separates_a_replicated_photo_from_the_person():
+    from anybody.face.score import report_from_embeddings
+
+    refs = _units([1, 0.3, 0, 0], [1, 0, 0.3, 0], [1, 0, 0, 0.3])  # one person, three photos
+    person = _units([1, 0.1, 0.1, 0.1])  # like all of them equally
+    copy = refs[:1]  # exactly photo 1
+    report = report_from_embeddings([person, copy, np.zeros((0, 4))], refs)
+    assert report.copy_paste == pytest.approx(np.mean([0.0, 1.0 - refs[0] @ refs[1]]))
+    assert report.closest[0] - report.others[0] == pytest.approx(0.0, abs=1e-12)
+    assert report.closest[1] == pytest.approx(1.0) and report.others[1] == pytest.approx(refs[0] @ refs[1])
+    assert report.scores[2] is None and report.face_rate == pytest.approx(2 / 3)
+    # in an image of two people the face most like the person is the one measured
+    stranger = _units([0, 1, 0, 0])
+    report = report_from_embeddings([np.concatenate([stranger, person])], refs)
+    assert report.scores[0] == pytest.approx(float(person[0] @ _units(refs.mean(0))[0]))
 
 
 def test_to_uint8_accepts_half_precision_tensors():

@@ -323,15 +323,12 @@ def align(images: Sequence[torch.Tensor], fields: dict[str, Any], progress=None)
 
 def identity_score(images: Sequence[torch.Tensor], references: Sequence[torch.Tensor],
                    fields: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-    """Cosine similarity of the faces in ``images`` to the reference photos, and the bar chart (uint8 array)."""
-    import numpy as np
+    """Likeness of the faces in ``images`` to the reference photos (with the references' own baseline, the face
+    rate and the copy-paste indicator), and the bar chart (uint8 array)."""
+    from ..face.score import identity_report, score_plot, summarize
 
-    from ..face.score import identity_scores, score_plot, summarize
-
-    scores = identity_scores(face_models(fields["face_model"]), list(images), list(references))
-    found = [s for s in scores if s is not None]
-    return ({"mean": float(np.mean(found)) if found else None, "scores": scores, "summary": summarize(scores)},
-            score_plot(scores))
+    report = identity_report(face_models(fields["face_model"]), list(images), list(references))
+    return {**report.as_dict(), "summary": summarize(report)}, score_plot(report)
 
 
 def info() -> dict[str, Any]:

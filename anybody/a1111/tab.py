@@ -148,8 +148,8 @@ def score_from_tab(files, reference_files, face_model):
         checked = fields.checked_fields({"face_model": face_model}, fields.SCORE_FIELDS, "identity-score")
         result, plot = jobs.identity_score(_photos(files, "generated images"),
                                            _photos(reference_files, "reference photos"), checked)
-        lines = [result["summary"]] + [f"image {i + 1}: {'no face' if s is None else f'{s:.4f}'}"
-                                       for i, s in enumerate(result["scores"])]
+        lines = result["summary"].split("\n") + [f"image {i + 1}: {'no face' if s is None else f'{s:.4f}'}"
+                                                  for i, s in enumerate(result["scores"])]
         return plot, _message("\n".join(lines))
 
     plot, message = _guarded(run)

@@ -84,18 +84,25 @@ def embed_faces(models: FaceModels, image: np.ndarray, faces: Sequence[Face]) ->
     return embed_aligned(models, [warp_to_crop(image, similarity_matrix(f.landmarks, tpl), tpl.size) for f in faces])
 
 
-def reference_embedding(models: FaceModels, references: Sequence) -> np.ndarray:
-    """Unit mean embedding of the largest face in each reference photo (tensors or arrays, as ``to_uint8`` takes)."""
+def reference_embeddings(models: FaceModels, references: Sequence) -> np.ndarray:
+    """Unit embeddings ``[N, D]`` of the largest face in each reference photo (tensors or arrays, as ``to_uint8``
+    takes); a reference without a face is an error naming it."""
     if len(references) == 0:
         raise BadInputError("Connect at least one reference photo of the person.")
     embeddings = []
-    for reference in references:
+    for i, reference in enumerate(references):
         rgb = to_uint8(reference)
         faces = detect_faces(models, rgb)
         if not faces:
-            raise BadInputError("No face was found in the reference image; use a clear, frontal photo as the reference.")
+            raise BadInputError(f"No face was found in reference photo {i + 1}; use clear, frontal photos as the "
+                                "reference.")
         embeddings.append(embed_faces(models, rgb, [select_face(faces, "largest")])[0])
-    mean = np.mean(embeddings, axis=0)
+    return np.stack(embeddings)
+
+
+def reference_embedding(models: FaceModels, references: Sequence) -> np.ndarray:
+    """Unit mean embedding of the reference photos' faces: the identity generated faces are compared with."""
+    mean = reference_embeddings(models, references).mean(axis=0)
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 

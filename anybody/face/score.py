@@ -5,39 +5,118 @@ generated image with several faces the one most like the reference counts; an im
 """
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .detect import detect_faces
 from .models import FaceModels
-from .pipeline import embed_faces, reference_embedding, to_uint8
+from .pipeline import embed_faces, reference_embeddings, to_uint8
 
 
-def identity_scores(models: FaceModels, images: Sequence, references: Sequence) -> list[float | None]:
-    ref = reference_embedding(models, references)
-    scores: list[float | None] = []
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return vector / max(float(np.linalg.norm(vector)), 1e-12)
+
+
+@dataclass
+class IdentityReport:
+    """What one set of generated images says about likeness, with the numbers needed to read it.
+
+    ``scores``: per image, the cosine of its face most like the person to the mean reference embedding (None: no
+    face). ``baseline``: the same statistic for each reference photo against the mean of the *other* references
+    (leave-one-out): how alike the person's own photos are, the ceiling a generation can be expected to reach.
+    ``closest``/``others``: per image, the cosine to the single most similar reference photo and the mean cosine to
+    the remaining ones; their gap is the copy-paste indicator: near zero a generation resembles the person, a clear
+    gap means it resembles one particular photo (a replicated training image)."""
+
+    scores: list[Optional[float]]
+    closest: list[Optional[float]]
+    others: list[Optional[float]]
+    baseline: Optional[float]
+    references: int
+
+    @property
+    def found(self) -> list[float]:
+        return [s for s in self.scores if s is not None]
+
+    @property
+    def mean(self) -> Optional[float]:
+        return float(np.mean(self.found)) if self.found else None
+
+    @property
+    def face_rate(self) -> float:
+        """The share of generated images in which a face was detected."""
+        return len(self.found) / len(self.scores) if self.scores else 0.0
+
+    @property
+    def copy_paste(self) -> Optional[float]:
+        gaps = [c - o for c, o in zip(self.closest, self.others) if c is not None and o is not None]
+        return float(np.mean(gaps)) if gaps else None
+
+    def as_dict(self) -> dict:
+        return {"mean": self.mean, "scores": self.scores, "baseline": self.baseline, "face_rate": self.face_rate,
+                "copy_paste": self.copy_paste, "closest": self.closest, "others": self.others,
+                "references": self.references}
+
+
+def report_from_embeddings(generated: Sequence[np.ndarray], references: np.ndarray) -> IdentityReport:
+    """``generated``: per image the unit embeddings ``[F, D]`` of its faces (``F`` may be 0); ``references``:
+    ``[N, D]`` unit embeddings, one per reference photo."""
+    references = np.asarray(references, dtype=np.float64)
+    n = len(references)
+    mean = _unit(references.mean(axis=0))
+    baseline = (float(np.mean([_unit(np.delete(references, i, axis=0).mean(axis=0)) @ references[i]
+                               for i in range(n)])) if n >= 2 else None)
+    scores, closest, others = [], [], []
+    for faces in generated:
+        faces = np.asarray(faces, dtype=np.float64).reshape(-1, references.shape[1])
+        if len(faces) == 0:
+            scores.append(None), closest.append(None), others.append(None)
+            continue
+        to_mean = faces @ mean
+        face = faces[int(np.argmax(to_mean))]  # in a picture of several people, the one most like this person
+        scores.append(float(to_mean.max()))
+        to_each = references @ face
+        best = int(np.argmax(to_each))
+        closest.append(float(to_each[best]))
+        others.append(float(np.delete(to_each, best).mean()) if n >= 2 else None)
+    return IdentityReport(scores, closest, others, baseline, n)
+
+
+def identity_report(models: FaceModels, images: Sequence, references: Sequence) -> IdentityReport:
+    """Detect and embed the faces of ``images`` and of the reference photos with the loaded recognizer."""
+    refs = reference_embeddings(models, references)
+    generated = []
     for image in images:
         rgb = to_uint8(image)
         faces = detect_faces(models, rgb)
-        if not faces:
-            scores.append(None)
-            continue
-        scores.append(float(np.max(embed_faces(models, rgb, faces) @ ref)))
-    return scores
+        generated.append(embed_faces(models, rgb, faces) if faces else np.zeros((0, refs.shape[1])))
+    return report_from_embeddings(generated, refs)
 
 
-def summarize(scores: Sequence[float | None]) -> str:
-    found = [s for s in scores if s is not None]
-    if not found:
-        return f"no face found in {len(scores)} image(s)"
-    text = f"identity cosine {np.mean(found):.3f} (mean of {len(found)}; min {min(found):.3f}, max {max(found):.3f})"
-    missing = len(scores) - len(found)
-    return text + (f"; {missing} image(s) without a face" if missing else "")
+def summarize(report: IdentityReport) -> str:
+    """The report in a few lines, each number with what it means."""
+    total = len(report.scores)
+    if not report.found:
+        return f"no face found in {total} image(s)"
+    found = report.found
+    lines = [f"identity cosine {report.mean:.3f} (mean of {len(found)}; min {min(found):.3f}, max {max(found):.3f})",
+             f"faces found in {len(found)}/{total} image(s) ({report.face_rate:.0%})"]
+    if report.baseline is not None:
+        lines.append(f"baseline {report.baseline:.3f}: the {report.references} reference photos to each other "
+                     "(leave-one-out); a score near it is as alike as the person's own photos")
+        lines.append(f"copy-paste {report.copy_paste:+.3f}: similarity to the closest reference photo minus to the "
+                     "others; near 0 = the person, clearly above 0 = one photo replicated")
+    else:
+        lines.append("connect 2 or more reference photos for the baseline and the copy-paste indicator")
+    return "\n".join(lines)
 
 
-def score_plot(scores: Sequence[float | None], width: int = 512, height: int = 192) -> np.ndarray:
-    """A small bar chart (RGB uint8): one bar per image on a -0.2..1 axis, grey 'x' where no face was found."""
+def score_plot(report: IdentityReport, width: int = 512, height: int = 192) -> np.ndarray:
+    """A small bar chart (RGB uint8): one bar per image on a -0.2..1 axis, grey 'x' where no face was found, and
+    the references' own baseline as a dashed line."""
+    scores = report.scores
     from PIL import Image, ImageDraw
 
     img = Image.new("RGB", (width, height), (24, 24, 28))
@@ -61,7 +140,11 @@ def score_plot(scores: Sequence[float | None], width: int = 512, height: int = 1
             continue
         colour = (80, 200, 120) if s >= 0.5 else (230, 180, 60) if s >= 0.3 else (230, 90, 80)
         draw.rectangle([x0, min(y_of(s), y_of(0.0)), x1, max(y_of(s), y_of(0.0))], fill=colour)
-    found = [s for s in scores if s is not None]
-    if found:
-        draw.text((left, bottom + 4), f"mean {np.mean(found):.3f}", fill=(230, 230, 235))
+    caption = f"mean {report.mean:.3f}" if report.found else "no face"
+    if report.baseline is not None:
+        y = y_of(report.baseline)
+        for x in range(left, width - 6, 8):
+            draw.line([(x, y), (min(x + 4, width - 6), y)], fill=(120, 170, 255))
+        caption += f"   baseline {report.baseline:.3f} (dashed)"
+    draw.text((left, bottom + 4), caption, fill=(230, 230, 235))
     return np.array(img)
