@@ -61,7 +61,7 @@ def _check_faces(args, images, names):
     missing = photos_without_faces(models, images)
     if missing:
         print(f"warning: {describe_missing(missing, names)}", file=sys.stderr)
-    return face_crops(models, images, args.resolution or 512) if args.crop_to_face else images
+    return (face_crops(models, images, args.resolution or 512) if args.crop_to_face else images), models
 
 
 def cmd_train_cross_init(args) -> int:
@@ -72,7 +72,13 @@ def cmd_train_cross_init(args) -> int:
     from .methods.cross_init import check_settings
     from .files import ensure_writable_folder
 
-    check_settings(args.name, _config(args), args.names)  # cheap checks first: nothing loads before they pass
+    from dataclasses import replace
+
+    config = replace(_config(args), likeness_every=args.likeness_every, likeness_patience=args.likeness_patience,
+                     keep_best=not args.last_step)
+    check_settings(args.name, config, args.names)  # cheap checks first: nothing loads before they pass
+    if args.likeness_every > 0 and not args.face_pack:
+        raise AnybodyError("--likeness-every needs --face-pack (the face models that score the renders).")
     if args.crop_to_face and not args.face_pack:
         raise AnybodyError("--crop-to-face needs --face-pack (the face detector that finds the faces).")
     ensure_writable_folder(Path(args.out))
@@ -80,8 +86,9 @@ def cmd_train_cross_init(args) -> int:
     # photos are read at most 2x the largest training size: the full-size pixels are never needed
     files = image_files(args.images)
     images = load_images(files, max_side=2 * max(args.resolution or 0, 1024))
+    face_models = None
     if args.face_pack:
-        images = _check_faces(args, images, [f.name for f in files])
+        images, face_models = _check_faces(args, images, [f.name for f in files])
     host = load_checkpoint_host(args.checkpoint, out_dir=args.out, prediction=args.prediction,
                                 low_memory=args.low_memory, cpu_compute=_cpu_compute(args.compute))
     init = None
@@ -89,9 +96,9 @@ def cmd_train_cross_init(args) -> int:
         from .identity import Identity
 
         init = Identity.load(args.init_identity)
-    identity, path, _ = train_cross_init(host, images, args.name, _config(args), names_file=args.names,
+    identity, path, _ = train_cross_init(host, images, args.name, config, names_file=args.names,
                                          resume=args.resume, overwrite=args.overwrite, restart=args.restart,
-                                         init_identity=init)
+                                         init_identity=init, face_models=face_models)
     stats = {k: round(v, 3) for k, v in vector_stats(next(iter(identity.vectors.values()))).items()}
     print(f"{path}\n{identity.describe()} {stats}")
     return 0
@@ -309,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
                                             "adaface`) instead of the celebrity average")
     ci.add_argument("--prediction", choices=["eps", "v"], default=None,
                     help="v for v-prediction checkpoints such as SD2.x-768 (default: eps)")
+    ci.add_argument("--likeness-every", type=int, default=-1, metavar="N",
+                    help="with --face-pack: every N steps render 2 images and score them against the photos (curve in "
+                         "<out>/training_state/<name>.loss.csv); -1 (default): a quarter of the run on a GPU, off on "
+                         "the CPU; 0: off")
+    ci.add_argument("--likeness-patience", type=int, default=0, metavar="K",
+                    help="stop after K evaluations without a better likeness (default 0: never early)")
+    ci.add_argument("--last-step", action="store_true",
+                    help="save the last step's vectors, not the best-scoring evaluation's")
     _add_train_options(ci)
     ci.set_defaults(func=cmd_train_cross_init)
     cb = methods.add_parser("celeb-basis", help="Celeb Basis: one or several people as coefficients on a basis of "

@@ -84,19 +84,31 @@ class AnybodyCrossInitTrain:
                 "init_identity": ("ANYBODY_IDENTITY", {"tooltip": "start from this identity's vectors (e.g. "
                                                                   "AdaFaceEncode's) instead of the celebrity average; "
                                                                   "trains as many vectors as it has"}),
+                "likeness_every": ("INT", {"default": -1, "min": -1, "max": 100000, "tooltip":
+                                           "with face_model: every N steps render 2 images of the identity and score "
+                                           "them against the photos; the curve shows under the previews and in "
+                                           "<name>.loss.csv. -1: auto (a quarter of the run on a GPU, off on the "
+                                           "CPU), 0: off"}),
+                "likeness_patience": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip":
+                                              "stop early after this many evaluations without a better likeness "
+                                              "(0: always run every step)"}),
+                "keep_best": ("BOOLEAN", {"default": True, "tooltip": "save the vectors of the best-scoring "
+                                          "evaluation rather than the last step's"}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, model, clip, vae, images, name, preset, steps, lr, batch, grad_accum, resolution, seed,
               save_every, preview_every, saved_progress, overwrite, names_file=BUNDLED_NAMES, gradient_checkpointing=False,
-              face_model=None, crop_to_face=False, init_identity=None, unique_id=None):
+              face_model=None, crop_to_face=False, init_identity=None, likeness_every=-1, likeness_patience=0,
+              keep_best=True, unique_id=None):
         from ..anybody.host.comfy import ComfyHost, clip_with_identity
 
         chosen = {"steps": steps} if preset == "custom" else {}
         config = make_config(preset, **chosen, lr=lr, batch=batch, grad_accum=grad_accum, resolution=resolution,
                              seed=seed, save_every=save_every, preview_every=preview_every,
-                             gradient_checkpointing=gradient_checkpointing)
+                             gradient_checkpointing=gradient_checkpointing, likeness_every=likeness_every,
+                             likeness_patience=likeness_patience, keep_best=keep_best)
         names_path = DEFAULT_NAMES if names_file == BUNDLED_NAMES else _names_path(names_file)
         host = ComfyHost(model, clip, vae, node_id=unique_id)
         photos, warnings = list(images), []
@@ -116,11 +128,14 @@ class AnybodyCrossInitTrain:
         identity, path, reused = train_cross_init(host, photos, name, config, names_file=names_path,
                                                   resume=saved_progress == "resume",
                                                   restart=saved_progress == "start over", overwrite=overwrite,
-                                                  init_identity=init_identity)
+                                                  init_identity=init_identity, face_models=face_model)
         stats = vector_stats(next(iter(identity.vectors.values())))
         summary = (f"{identity.describe()} -> {path.name}" + (" (already trained with these photos and settings: "
                    "loaded, not retrained)" if reused else "") + f"; write <{identity.name}> or embedding:{identity.name}"
                    f" in your prompt. norms {stats['norm_min']:.1f}-{stats['norm_max']:.1f}")
+        best = identity.metadata.get("anybody.likeness.best")
+        if best:
+            summary += f"; likeness {best} (step {identity.metadata['anybody.likeness.best_step']})"
         return {"ui": {"text": [*warnings, summary]}, "result": (clip_with_identity(clip, identity), identity, str(path))}
 
 

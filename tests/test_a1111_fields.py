@@ -47,7 +47,7 @@ def test_fields_are_the_nodes_inputs_with_the_nodes_defaults(monkeypatch):
 
 def test_defaults_make_the_paper_recipe():
     checked, config = fields.cross_init_request({"images": ["x"]})
-    assert config == CrossInitConfig(resolution=0)
+    assert config == CrossInitConfig(resolution=0, likeness_every=-1)  # auto: on with a face model on a GPU
     assert checked["saved_progress"] == "resume" and checked["overwrite"] is False
 
 

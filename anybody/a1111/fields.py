@@ -28,7 +28,7 @@ CROSS_INIT_FIELDS: dict[str, Any] = {
     "batch": _PAPER.batch, "grad_accum": _PAPER.grad_accum, "resolution": 0, "seed": _PAPER.seed,
     "save_every": _PAPER.save_every, "preview_every": _PAPER.preview_every, "saved_progress": "resume",
     "overwrite": False, "names_file": BUNDLED_NAMES, "gradient_checkpointing": False, "face_model": "",
-    "crop_to_face": False, "init_identity": "",
+    "crop_to_face": False, "init_identity": "", "likeness_every": -1, "likeness_patience": 0, "keep_best": True,
 }
 CHOICES = {"preset": (*PRESETS, "custom"), "saved_progress": SAVED_PROGRESS}
 
@@ -77,7 +77,9 @@ def cross_init_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], CrossIn
     config = make_config(fields["preset"], **chosen, lr=fields["lr"], batch=fields["batch"],
                          grad_accum=fields["grad_accum"], resolution=fields["resolution"], seed=fields["seed"],
                          save_every=fields["save_every"], preview_every=fields["preview_every"],
-                         gradient_checkpointing=fields["gradient_checkpointing"])
+                         gradient_checkpointing=fields["gradient_checkpointing"],
+                         likeness_every=fields["likeness_every"], likeness_patience=fields["likeness_patience"],
+                         keep_best=fields["keep_best"])
     return fields, config
 
 

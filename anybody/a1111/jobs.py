@@ -93,7 +93,7 @@ def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: C
 
     sink = sink or webui.A1111Sink("Cross-Init")
     host = webui.A1111Host(sink)
-    photos, warnings = list(images), []
+    photos, warnings, models = list(images), [], None
     if fields["face_model"]:
         models = face_models(fields["face_model"])
         missing = photos_without_faces(models, photos)
@@ -114,10 +114,13 @@ def cross_init(images: Sequence[torch.Tensor], fields: dict[str, Any], config: C
                                               names_file=names_path(fields["names_file"]),
                                               resume=fields["saved_progress"] == "resume",
                                               restart=fields["saved_progress"] == "start over",
-                                              overwrite=fields["overwrite"], init_identity=init)
+                                              overwrite=fields["overwrite"], init_identity=init, face_models=models)
     webui.refresh_embeddings()
     stats = vector_stats(next(iter(identity.vectors.values())))
-    return {"name": identity.name, "prompt_word": identity.name, "path": str(path), "reused": reused,
+    best = identity.metadata.get("anybody.likeness.best")
+    return {"likeness": None if best is None else float(best),
+            "likeness_step": None if best is None else int(identity.metadata["anybody.likeness.best_step"]),
+            "name": identity.name, "prompt_word": identity.name, "path": str(path), "reused": reused,
             "family": identity.family, "vectors": identity.num_vectors, "steps": config.steps,
             "norm_min": round(stats["norm_min"], 4), "norm_max": round(stats["norm_max"], 4), "warnings": warnings,
             "seconds_per_step": None if reused else sink.seconds_per_step()}

@@ -25,6 +25,7 @@ from ..train.diffusion import denoising_loss
 from ..train.engine import StepResult, Trainer, is_out_of_memory, out_of_memory
 from ..text.names import BUNDLED_NAMES, name_columns, names_digest, read_name_file
 from ..train.loss_scale import LossScale
+from .likeness import identity_probe, kept_vectors, likeness_metadata, resolve_every
 from .runs import (RESULT_KEY, TrainedIdentity, continues_saved, default_resolution, discard_saved, images_digest,
                    refuse_existing, result_key, reusable)
 from ..train.state import TrainingState
@@ -51,6 +52,11 @@ class CrossInitConfig:
     save_every: int = 100
     preview_every: int = 20
     gradient_checkpointing: bool = False
+    #: beyond the paper: render and score the identity every N steps (0: off), keep the best step's vectors, and
+    #: with a patience stop after that many evaluations without improvement (0: never early)
+    likeness_every: int = 0
+    likeness_patience: int = 0
+    keep_best: bool = True
 
 
 #: 'fast-25' keeps the paper recipe and cuts the steps: the fast version's other settings are unpublished (spec §9).
@@ -131,6 +137,10 @@ def check_settings(name: str, config: CrossInitConfig, names_file: str | Path | 
                                 "320 steps at batch 8.")
     if config.save_every < 0 or config.preview_every < 0:
         raise BadInputError("save_every and preview_every must be 0 (off) or a positive number of steps.")
+    if config.likeness_every < -1:
+        raise BadInputError("likeness_every must be -1 (auto), 0 (off) or a positive number of steps.")
+    if config.likeness_patience < 0:
+        raise BadInputError("likeness_patience must be 0 (never stop early) or a number of evaluations.")
     if not 0 < config.lr < 1e3:  # also NaN and inf
         raise BadInputError(f"The learning rate {config.lr} is not usable; give a positive value below 1000 (the "
                             f"paper's is {CrossInitConfig.lr}).")
@@ -143,7 +153,8 @@ def check_settings(name: str, config: CrossInitConfig, names_file: str | Path | 
 
 def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = CrossInitConfig(),
                      names_file: str | Path | None = None, resume: bool = False, overwrite: bool = False,
-                     restart: bool = False, init_identity: Identity | None = None) -> TrainedIdentity:
+                     restart: bool = False, init_identity: Identity | None = None,
+                     face_models=None) -> TrainedIdentity:
     """Train an identity on ``host`` from face photos and write ``<name>.safetensors`` into its embeddings folder.
 
     Run again with the same photos, settings and checkpoint (a re-queued graph), it loads that file instead of
@@ -153,8 +164,16 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
 
     ``init_identity`` (beyond the paper; e.g. an AdaFace identity): start from its vectors instead of the
     celebrity-mean initialisation, with as many vectors as it has; the regulariser then keeps training near them.
+
+    ``face_models`` (an insightface pack) is needed for ``config.likeness_every``: the likeness curve scores renders
+    against the faces of these photos. ``likeness_every`` -1 (``likeness.AUTO``): on with a face model on a GPU.
     """
+    config = replace(config, likeness_every=resolve_every(config.likeness_every, config.steps, host.device,
+                                                          face_models is not None))
     name, names = check_settings(name, config, names_file)
+    if config.likeness_every and face_models is None:
+        raise BadInputError("The likeness curve (likeness_every > 0) needs a face model to find and compare faces: "
+                            "connect FaceModelLoader (command line: --face-pack), or set likeness_every to 0.")
     init_digest = None
     if init_identity is not None:
         init_identity.require_family(host.family)
@@ -170,6 +189,8 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
         config = replace(config, resolution=default_resolution(host))
     pixels = square_batch(images, config.resolution, config.center_crop)
     target = host.embeddings_dir() / f"{name}.safetensors"
+    if not config.likeness_every:  # without evaluations these change nothing: the same result, the same file
+        config = replace(config, likeness_patience=0, keep_best=True)
     run_config = {**asdict(config), "method": "cross_init", "family": host.family, "images": images_digest(pixels),
                   "names": names_digest(names)}
     if init_digest:
@@ -192,6 +213,11 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
     # Latent mean/std of each photo and its mirror image, computed once and before the UNet loads: the official
     # script re-encodes every step (27 % of its step time); sampling from the cached posterior gives the same
     # distribution.
+    references = None
+    if config.likeness_every:
+        from .likeness import reference_faces
+
+        references = reference_faces(face_models, list(images))
     host.sink.check_cancel()
     mean, std = host.encode_images(torch.cat([pixels, pixels.flip(2)]))
     batch_pixels = config.batch * config.resolution**2
@@ -205,7 +231,13 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
             theta = {k: v.clone().to(host.device).requires_grad_(True) for k, v in init.items()}
             optimizer = torch.optim.AdamW(list(theta.values()), lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
                                           weight_decay=config.weight_decay)
-            start = state.load(theta, optimizer) if resuming else 0
+            tracker = None
+            if config.likeness_every:
+                from ..train.likeness import LikenessTracker
+
+                probe = identity_probe(host, {word: theta}, word, face_models, references, mean.shape[1:])
+                tracker = LikenessTracker(config.likeness_every, probe, theta, config.likeness_patience)
+            start = state.load(theta, optimizer, tracker.buffers() if tracker else None) if resuming else 0
             scale = LossScale() if host.compute_dtype == torch.float16 else None
             if scale is not None:
                 scale.restore(state.extra.get("loss_scale"))
@@ -218,18 +250,23 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
 
             loss_fn = cross_init_loss(host, theta, init, mean, std, templates, word, config)
             trainer = Trainer(theta, optimizer, loss_fn, host.sink, config.steps, config.seed, config.grad_accum,
-                              config.save_every, config.preview_every, state, loss_scale=scale)
+                              config.save_every, config.preview_every, state, loss_scale=scale, likeness=tracker)
             trainer.run(start)
+            vectors, note = kept_vectors(theta, tracker, config.keep_best)
+            if note:
+                host.sink.log(note)
     except BaseException as exc:
         if not isinstance(exc, AnybodyError) and is_out_of_memory(exc):
             raise out_of_memory("while preparing training") from exc
         raise
-    for k, v in theta.items():  # trained vectors end near the init's scale; far beyond it, prompts drown
+    for k, v in vectors.items():  # trained vectors end near the init's scale; far beyond it, prompts drown
         ratio = (v.detach().norm(dim=-1) / init[k].to(v).norm(dim=-1).clamp_min(1e-6)).max().item()
         if ratio > 10:
             host.sink.log(f"Warning: the '{k}' vectors grew to {ratio:.0f}x their initial length; such an identity "
                           "tends to override the rest of the prompt. A lower learning rate usually helps.")
-    identity = Identity(name, host.family, {k: v.detach().cpu() for k, v in theta.items()}, "cross_init", {
+    metadata = {} if tracker is None else likeness_metadata(tracker, trainer.stopped_early_at)
+    identity = Identity(name, host.family, {k: v.detach().cpu() for k, v in vectors.items()}, "cross_init", {
+        **metadata,
         "anybody.steps": str(config.steps), "anybody.lr": str(config.lr), "anybody.seed": str(config.seed),
         "anybody.resolution": str(config.resolution), RESULT_KEY: key,
         "anybody.source_images": run_config["images"], "anybody.note": "Cross-Init; unvalidated on SD1.5" if host.family == "sd1" else "Cross-Init"})

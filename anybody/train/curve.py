@@ -18,6 +18,7 @@ from ..files import atomic_write
 
 SMOOTHING = 0.9  # the moving average's decay: about the last ten steps
 BACKGROUND, AXES, RAW, SMOOTH, TEXT = (24, 24, 28), (90, 90, 100), (80, 110, 150), (250, 180, 60), (220, 220, 225)
+LIKENESS = (110, 220, 140)  # identity similarity to the photos, on its own 0..1 axis
 
 
 def smoothed(values: Sequence[float], decay: float = SMOOTHING) -> list[float]:
@@ -43,8 +44,9 @@ def _scale(values: Sequence[float]) -> tuple[float, float]:
 
 
 def render(losses: Sequence[float], total_steps: int, width: int = 512, height: int = 160,
-           title: str = "loss") -> torch.Tensor:
-    """The loss of steps 1..len(losses) on an x axis of ``total_steps``: ``[height, width, 3]`` float 0..1."""
+           title: str = "loss", likeness: Sequence[tuple[int, float | None]] = ()) -> torch.Tensor:
+    """The loss of steps 1..len(losses) on an x axis of ``total_steps``: ``[height, width, 3]`` float 0..1.
+    ``likeness``: (step, identity cosine or None) of each evaluation, drawn green on a 0..1 scale."""
     from PIL import Image, ImageDraw
 
     image = Image.new("RGB", (width, height), BACKGROUND)
@@ -72,6 +74,16 @@ def render(losses: Sequence[float], total_steps: int, width: int = 512, height: 
         line = [point(i, v) for i, v in enumerate(trend) if math.isfinite(v)]
         if len(line) > 1:
             draw.line(line, fill=SMOOTH, width=2)
+        scored = [(step, value) for step, value in likeness if value is not None]
+        if scored:
+            marks = [(left + (right - left) * ((step - 1) / span), bottom - (bottom - top) * min(max(value, 0.0), 1.0))
+                     for step, value in scored]
+            if len(marks) > 1:
+                draw.line(marks, fill=LIKENESS, width=1)
+            for x, y in marks:
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], outline=LIKENESS)
+            best_step, best = max(scored, key=lambda item: item[1])
+            title += f"  likeness {scored[-1][1]:.3f} (best {best:.3f} @ {best_step})"
         draw.text((right - 40, bottom - 12), f"{low:.3g}", fill=AXES)
         draw.text((right - 40, top + 2), f"{high:.3g}", fill=AXES)
     draw.text((left, 3), title, fill=TEXT)
@@ -88,13 +100,20 @@ def beside(preview: torch.Tensor, chart_of_width) -> torch.Tensor:
     return torch.cat([preview.cpu(), chart], dim=0)
 
 
-def write_csv(path: Path, losses: Sequence[float]) -> None:
-    """``step,loss,average`` per line, beside the training state: the curve for a spreadsheet or a plot."""
+def write_csv(path: Path, losses: Sequence[float], likeness: Sequence[tuple[int, float | None, float]] = ()) -> None:
+    """``step,loss,average[,likeness,face_rate]`` per line, beside the training state: the curve for a spreadsheet
+    or a plot. ``likeness``: (step, identity cosine or None, share of renders with a face) per evaluation."""
+    evaluated = {step: (score, rate) for step, score, rate in likeness}
+
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as handle:
             rows = csv.writer(handle)
-            rows.writerow(["step", "loss", "average"])
+            rows.writerow(["step", "loss", "average"] + (["likeness", "face_rate"] if likeness else []))
             for step, (value, trend) in enumerate(zip(losses, smoothed(losses)), start=1):
-                rows.writerow([step, f"{value:.6g}", f"{trend:.6g}"])
+                row = [step, f"{value:.6g}", f"{trend:.6g}"]
+                if likeness:
+                    score, rate = evaluated.get(step, (None, None))
+                    row += ["" if score is None else f"{score:.6g}", "" if rate is None else f"{rate:.6g}"]
+                rows.writerow(row)
 
     atomic_write(path, write, overwrite=True)

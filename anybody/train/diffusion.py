@@ -30,6 +30,13 @@ def x0_from(prediction: str, x_t: torch.Tensor, pred: torch.Tensor, a: torch.Ten
     return a.sqrt() * x_t - (1 - a).sqrt() * pred
 
 
+def eps_from(prediction: str, x_t: torch.Tensor, pred: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The noise implied by the UNet's output (DDIM's second ingredient beside x0)."""
+    if prediction == "eps":
+        return pred
+    return (1 - a).sqrt() * x_t + a.sqrt() * pred
+
+
 def denoising_loss(host, z0: torch.Tensor, encode: Callable[[torch.Generator], object],
                    gen: torch.Generator) -> StepResult:
     """The plain diffusion loss of one batch: ``t ~ U{0..T-1}``, ``eps ~ N(0, I)``, MSE of the host UNet's output

@@ -18,6 +18,7 @@ import torch
 from ..errors import NoGradientError, OutOfMemoryAnybodyError, ProgressNotSavedError, TrainingDivergedError
 from . import curve
 from .interrupts import held_signals
+from .likeness import LikenessTracker
 from .loss_scale import LossScale
 from .sink import ProgressSink
 from .state import TrainingState
@@ -61,19 +62,25 @@ class Trainer:
     sparse_grads: bool = False
     save_minutes: float = 5.0  # also save when this long has passed since the last save (0: steps only)
     curve_title: str = "loss"  # the chart drawn below each preview (a phase name for multi-phase methods)
+    #: renders and scores the identity every N steps, keeps the best step's tensors, may end the run on a plateau;
+    #: its kept tensors must be among the buffers the method passed to ``state.load``
+    likeness: Optional[LikenessTracker] = None
 
     def __post_init__(self) -> None:
         #: the loss of every completed step, also of the steps before a resume (kept in the saved state)
         self.history: list[float] = []
+        self.stopped_early_at: int | None = None  # the step a likeness plateau ended the run at
 
     def run(self, start_step: int = 0) -> list[float]:
         """Train from ``start_step`` to ``steps``; returns the loss of each step run."""
         losses: list[float] = []
         self.history = self._earlier_losses(start_step)
         done = saved = start_step
-        last_save = time.monotonic()
+        last_save = began = time.monotonic()
         try:
-            for step in range(start_step, self.steps):
+            if self._evaluate_first(start_step):
+                self.stopped_early_at = start_step
+            for step in ([] if self.stopped_early_at is not None else range(start_step, self.steps)):
                 self.sink.check_cancel()
                 if self.before_step is not None:
                     self.before_step(step)
@@ -92,11 +99,19 @@ class Trainer:
                     done = step + 1
                     losses.append(total)
                     self.history.append(total)
+                if self.likeness is not None and self.likeness.due(done, self.steps):
+                    self.sink.log(self.likeness.describe(self.likeness.evaluate(done), done))
+                    if self.likeness.plateaued():
+                        self.stopped_early_at = done
                 show = preview if (preview is not None and self.preview_every and self.sink.shows_previews and
                                    (done % self.preview_every == 0 or done == self.steps)) else None
                 self.sink.progress(done, self.steps, loss=total, preview=self._with_curve(show()) if show else None)
                 due = (self.save_every and done % self.save_every == 0) or (
                     self.save_minutes and time.monotonic() - last_save >= self.save_minutes * 60)
+                if self.stopped_early_at is not None:
+                    self.sink.log(f"Stopped early at step {done}/{self.steps}: likeness has not improved by "
+                                  f"{self.likeness.min_delta} for {self.likeness.patience} evaluations.")
+                    break
                 if self.state is not None and due and done < self.steps:
                     self._save(done)
                     saved, last_save = done, time.monotonic()
@@ -113,8 +128,22 @@ class Trainer:
             raise
         if self.state is not None and done > saved:
             self._save(done)
+        if self.likeness is not None and self.likeness.seconds:
+            spent = time.monotonic() - began
+            self.sink.log(f"Likeness: {len(self.likeness.history)} evaluation(s) took {self.likeness.seconds:.1f} s, "
+                          f"{100 * self.likeness.seconds / max(spent, 1e-9):.0f} % of this run's {spent:.0f} s.")
         return losses
 
+    def _evaluate_first(self, start_step: int) -> bool:
+        """A resumed run continues the saved likeness curve, and evaluates a due step an interrupt left unevaluated
+        (the tensors are exactly those of that step). True when that evaluation already ends the run."""
+        if self.likeness is None or not start_step or self.state is None:
+            return False
+        self.likeness.restore(self.state.extra.get("likeness"))
+        evaluated = {step for step, _, _ in self.likeness.history}
+        if self.likeness.due(start_step, self.steps) and start_step not in evaluated:
+            self.sink.log(self.likeness.describe(self.likeness.evaluate(start_step), start_step))
+        return self.likeness.plateaued()
     def step_gradients(self, step: int) -> tuple[float, Optional[Callable[[], torch.Tensor]]]:
         """Leave the (unscaled) gradients of ``step`` in ``.grad``; an overflowing loss scale is lowered and the
         step computed again. Returns the step's loss and its lazy preview."""
@@ -156,9 +185,13 @@ class Trainer:
         saved = [math.nan if v is None else float(v) for v in saved[:start_step]]
         return [math.nan] * (start_step - len(saved)) + saved
 
+    def _likeness_points(self) -> list:
+        return [] if self.likeness is None else list(self.likeness.history)
+
     def _with_curve(self, preview: torch.Tensor) -> torch.Tensor:
+        points = [(step, value) for step, value, _ in self._likeness_points()]
         return curve.beside(preview, lambda width: curve.render(self.history, self.steps, width,
-                                                                 title=self.curve_title))
+                                                                 title=self.curve_title, likeness=points))
 
     def curve_csv(self) -> Optional[Path]:
         """Where the loss of every step is written at each save: beside the training state."""
@@ -168,10 +201,14 @@ class Trainer:
         """Save progress with interrupts held back: parameters, counters and the file change together or not at all."""
         extra = {"loss_scale": self.loss_scale.state()} if self.loss_scale is not None else {}
         extra["losses"] = [round(v, 6) if math.isfinite(v) else None for v in self.history[:done]]
+        buffers = dict(self.buffers or {})
+        if self.likeness is not None:
+            extra["likeness"] = self.likeness.state()
+            buffers.update(self.likeness.buffers())
         try:
             with held_signals():
-                self.state.save(done, self.params, self.optimizer, extra, self.buffers)
-                curve.write_csv(self.curve_csv(), self.history[:done])
+                self.state.save(done, self.params, self.optimizer, extra, buffers or None)
+                curve.write_csv(self.curve_csv(), self.history[:done], self._likeness_points())
         except OSError as exc:  # full disk, file-size limit, permissions changed mid-run
             raise ProgressNotSavedError(
                 f"Could not save the progress of step {done} to {self.state.path} ({exc.strerror or exc}). The last "
