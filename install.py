@@ -116,7 +116,17 @@ def main(argv: list[str]) -> int:
     if todo:
         pip_install(todo)
     if installed("insightface") is None:
-        pip_install(["insightface"], no_deps=True)
+        try:
+            pip_install(["insightface"], no_deps=True)
+        except subprocess.CalledProcessError:
+            # PyPI has insightface only as source; where it cannot be built (no compiler, a Python too new for its
+            # Cython code) the pack still works: nothing but the ONNX face packs needs it.
+            print(f"[Anybody] insightface could not be installed on Python {sys.version_info[0]}."
+                  f"{sys.version_info[1]} (see pip's message above: PyPI has no wheel of it, and building it failed). "
+                  "Everything else works without it: training and identities need no face tools, and for faces "
+                  "use the torch path: FaceRecognizerLoader for recognition and, on ComfyUI with its MediaPipe "
+                  "face nodes, FaceModelFromMediaPipe (Anybody) for detection.", flush=True)
+            return 0
     extra = insightface_requirements()
     if extra:
         try:

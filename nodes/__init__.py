@@ -2,8 +2,8 @@
 from .adaface import AnybodyAdaFaceEncode, AnybodyAdaFaceLoader
 from .celeb_basis import AnybodyCelebBasisEmbed
 from .cross_init import AnybodyCrossInitTrain
-from .face import (AnybodyFaceAlign, AnybodyFaceModelLoader, AnybodyFaceParse, AnybodyFaceRecognizerLoader,
-                   AnybodyIdentityScore)
+from .face import (AnybodyFaceAlign, AnybodyFaceModelFromMediaPipe, AnybodyFaceModelLoader, AnybodyFaceParse,
+                   AnybodyFaceRecognizerLoader, AnybodyIdentityScore, comfy_has_mediapipe)
 from .magicapture import AnybodyMagiCaptureLoRA
 from .restore import AnybodyFaceRestore
 
@@ -33,3 +33,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AnybodyMagiCaptureLoRA": "MagiCaptureLoRA (Anybody)",
     "AnybodyFaceRestore": "FaceRestore CodeFormer (Anybody)",
 }
+
+if comfy_has_mediapipe():  # the node needs ComfyUI's own MediaPipe loader; on older releases it would be a dead end
+    NODE_CLASS_MAPPINGS["AnybodyFaceModelFromMediaPipe"] = AnybodyFaceModelFromMediaPipe
+    NODE_DISPLAY_NAME_MAPPINGS["AnybodyFaceModelFromMediaPipe"] = "FaceModelFromMediaPipe (Anybody)"

@@ -55,12 +55,61 @@ class AnybodyFaceModelLoader:
             "provider": (list(PROVIDERS), {"default": "auto", "tooltip": "auto: CUDA when onnxruntime-gpu can use it"}),
             "det_size": ("INT", {"default": 640, "min": 160, "max": 1280, "step": 32,
                                  "tooltip": "detector input size; smaller sizes are retried when nothing is found"}),
+        }, "optional": {
+            "recognizer": ("ANYBODY_FACE_RECOGNIZER", {"tooltip": "from FaceRecognizerLoader: recognise faces with "
+                                                                  "this torch network instead of the pack's ONNX one"}),
         }}
 
-    def load(self, pack, provider, det_size):
+    def load(self, pack, provider, det_size, recognizer=None):
         from ..anybody.face.models import load_face_models
 
         models = load_face_models(pack, insightface_roots(), provider, det_size)
+        if recognizer is not None:
+            models = models.with_embedder(recognizer)
+        logging.info("[Anybody] face models: %s", models.describe())
+        return (models,)
+
+
+def comfy_has_mediapipe() -> bool:
+    """ComfyUI's own MediaPipe face nodes exist (newer ComfyUI releases): detect them, never require them."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("comfy_extras.nodes_mediapipe") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class AnybodyFaceModelFromMediaPipe:
+    CATEGORY = "Anybody/face"
+    FUNCTION = "build"
+    RETURN_TYPES = ("ANYBODY_FACE_MODEL",)
+    RETURN_NAMES = ("face_model",)
+    DESCRIPTION = ("A face model without onnxruntime or insightface: ComfyUI's own MediaPipe face detector (its 478 "
+                   "landmarks reduced to the five alignment uses) and, for identity, FaceRecognizerLoader's torch "
+                   "recognizer. Works wherever a face_model is asked for.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_detection_model": ("FACE_DETECTION_MODEL", {"tooltip": "from Load Face Detection Model (MediaPipe)"}),
+            "detector_variant": (["short", "full"], {"default": "short", "tooltip": "short: close-up faces (portraits, "
+                                                     "training photos); full: smaller, farther faces"}),
+            "min_confidence": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 1.0, "step": 0.01}),
+        }, "optional": {
+            "recognizer": ("ANYBODY_FACE_RECOGNIZER", {"tooltip": "from FaceRecognizerLoader; needed by identity "
+                                                                  "scores, most_similar and the training methods"}),
+        }}
+
+    def build(self, face_detection_model, detector_variant, min_confidence, recognizer=None):
+        from pathlib import Path
+
+        from ..anybody.face.mediapipe import MediaPipeDetector
+        from ..anybody.face.models import FaceModels
+
+        detector = MediaPipeDetector(face_detection_model, detector_variant, min_confidence,
+                                     model_file=f"mediapipe_{detector_variant}")
+        models = FaceModels("mediapipe", Path("."), detector, None, [], recognizer)
         logging.info("[Anybody] face models: %s", models.describe())
         return (models,)
 
@@ -90,11 +139,15 @@ class AnybodyFaceAlign:
                 "if_no_face": (list(NO_FACE), {"default": "error",
                                                "tooltip": "pass_through: a centred crop, an empty mask and a warning"}),
             },
-            "optional": {"reference": ("IMAGE", {"tooltip": "photo(s) of the person to pick with 'most_similar'"})},
+            "optional": {"reference": ("IMAGE", {"tooltip": "photo(s) of the person to pick with 'most_similar'"}),
+                         "face_landmarks": ("FACE_LANDMARKS", {"tooltip": "from ComfyUI's Detect Face Landmarks "
+                                            "(MediaPipe) on the same images: align to those faces instead of "
+                                            "running face_model's detector"})},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def align(self, face_model, images, template, face, index, if_no_face, reference=None, unique_id=None):
+    def align(self, face_model, images, template, face, index, if_no_face, reference=None, face_landmarks=None,
+              unique_id=None):
         import comfy.model_management
         import comfy.utils
         import torch
@@ -108,7 +161,19 @@ class AnybodyFaceAlign:
             bar.update_absolute(done, total)
 
         refs = list(reference) if reference is not None else None
-        aligned = align_images(face_model, list(images), template, face, index, refs, if_no_face, progress)
+        found = None
+        if face_landmarks is not None:
+            from ..anybody.errors import BadInputError
+            from ..anybody.face.mediapipe import faces_from_landmarks
+
+            frames = face_landmarks.get("frames", []) if isinstance(face_landmarks, dict) else []
+            size = tuple(face_landmarks.get("image_size", ())) if isinstance(face_landmarks, dict) else ()
+            if len(frames) != len(images) or size != tuple(images.shape[1:3]):
+                raise BadInputError(f"face_landmarks describe {len(frames)} image(s) of {size} but {len(images)} "
+                                    f"image(s) of {tuple(images.shape[1:3])} are connected: run Detect Face "
+                                    "Landmarks on the same images.")
+            found = [faces_from_landmarks(frame) for frame in frames]
+        aligned = align_images(face_model, list(images), template, face, index, refs, if_no_face, progress, found)
         crops = torch.stack([torch.from_numpy(a.crop).float() / 255.0 for a in aligned])
         masks = torch.stack([torch.from_numpy(a.mask) for a in aligned])
         found = sum(a.face is not None for a in aligned)

@@ -105,3 +105,19 @@ def test_cuda_is_only_probed_when_an_onnxruntime_must_be_chosen(monkeypatch):
     assert "onnxruntime-gpu" not in install.plan(False, False, onnx=True, cuda=probe)
     monkeypatch.setattr(install, "installed", lambda name: None)
     assert "onnxruntime-gpu" in install.plan(False, False, onnx=True, cuda=lambda: True)
+
+
+def test_an_insightface_that_cannot_be_built_is_reported_not_fatal(monkeypatch, capsys):
+    import subprocess
+
+    monkeypatch.setattr(install, "installed", lambda d: None if d == "insightface" else "1.0")
+
+    def pip(pkgs, no_deps=False):
+        if pkgs == ["insightface"]:
+            raise subprocess.CalledProcessError(1, ["pip"])
+        pytest.fail(f"pip was asked for {pkgs}")
+
+    monkeypatch.setattr(install, "pip_install", pip)
+    assert install.main([]) == 0
+    out = capsys.readouterr().out
+    assert "insightface could not be installed" in out and "FaceModelFromMediaPipe" in out

@@ -40,6 +40,8 @@ def detect_faces(models: FaceModels, image: np.ndarray, sizes=DETECTION_SIZES) -
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         back = np.array([w / size[0], h / size[1]])
     bgr = np.ascontiguousarray(image[..., ::-1])
+    if getattr(models.detector, "fixed_size", False):  # a detector with one input size of its own: no retries
+        sizes = sizes[:1]
     for size in sizes:
         boxes, kpss = models.detector.detect(bgr, input_size=(size, size), max_num=0)
         if kpss is None and len(boxes):
@@ -54,9 +56,17 @@ def detect_faces(models: FaceModels, image: np.ndarray, sizes=DETECTION_SIZES) -
 
 def embed_aligned(models: FaceModels, crops_112: list[np.ndarray]) -> np.ndarray:
     """Unit-length recognition embeddings ``[N, D]`` of ArcFace-aligned RGB uint8 crops."""
+    if models.embedder is not None:  # torch: [-1, 1] RGB tensors in, unit embeddings out
+        import torch
+
+        if not crops_112:
+            return np.zeros((0, 512), np.float32)
+        faces = torch.from_numpy(np.stack(crops_112)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        feats = models.embedder(faces).numpy().astype(np.float32)
+        return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
     if models.recognizer is None:
-        raise BadInputError(f"The face model pack {models.name} has no recognizer (e.g. glintr100.onnx / "
-                            "w600k_r50.onnx); identity matching and scores need one.")
+        raise BadInputError(f"The face model {models.name} has no recognizer (e.g. glintr100.onnx / w600k_r50.onnx "
+                            "in its pack, or FaceRecognizerLoader's); identity matching and scores need one.")
     if not crops_112:
         return np.zeros((0, 512), np.float32)
     size = models.recognizer.input_size

@@ -26,22 +26,36 @@ PROVIDERS = ("auto", "CPU", "CUDA")
 
 @dataclass
 class FaceModels:
-    """ANYBODY_FACE_MODEL: a loaded detector and recognizer (insightface objects) and where they came from."""
+    """ANYBODY_FACE_MODEL: a detector, a recognizer and where they came from.
+
+    The detector has insightface's ``detect(bgr, input_size, max_num) -> (boxes [N,5], kps [N,5,2])`` (an ONNX
+    SCRFD/RetinaFace, or ``face.mediapipe.MediaPipeDetector`` over ComfyUI's own MediaPipe model). Recognition
+    runs through ``embedder`` (a torch ``FaceRecognizer``) when one is set, else through the pack's ONNX
+    ``recognizer``."""
 
     name: str
     folder: Path
     detector: object
     recognizer: object | None
     providers: list[str] = field(default_factory=list)
+    embedder: object | None = None  # a FaceRecognizer; takes precedence over the ONNX recognizer
 
     def describe(self) -> str:
-        rec = Path(self.recognizer.model_file).name if self.recognizer is not None else "no recognizer"
-        return f"{self.name} ({Path(self.detector.model_file).name} + {rec}; {', '.join(self.providers)})"
+        rec = (self.embedder.describe() if self.embedder is not None else
+               Path(self.recognizer.model_file).name if self.recognizer is not None else "no recognizer")
+        where = f"; {', '.join(self.providers)}" if self.providers else ""
+        return f"{self.name} ({Path(self.detector.model_file).name} + {rec}{where})"
+
+    def with_embedder(self, embedder) -> "FaceModels":
+        """The same detector with recognition through ``embedder`` (a torch recognizer: no onnxruntime needed)."""
+        from dataclasses import replace
+
+        return replace(self, embedder=embedder)
 
 
 def ort_providers(choice: str) -> list[str]:
     """onnxruntime providers for 'auto' | 'CPU' | 'CUDA'; asking for CUDA where it is absent is an error."""
-    import onnxruntime
+    onnxruntime = require_onnx()
 
     available = onnxruntime.get_available_providers()
     if choice not in PROVIDERS:
@@ -54,6 +68,28 @@ def ort_providers(choice: str) -> list[str]:
         raise BadInputError("CUDA was requested but this onnxruntime has no CUDAExecutionProvider (installed: "
                             f"{', '.join(available)}). Install onnxruntime-gpu in place of onnxruntime, or pick CPU.")
     return ["CPUExecutionProvider"]
+
+
+NO_ONNX = ("insightface packs need onnxruntime and insightface{missing}. Install them with the pack's install.py "
+           "(it picks onnxruntime-gpu where CUDA is present), or use the torch path: FaceRecognizerLoader for "
+           "recognition and, on ComfyUI with its MediaPipe face nodes, FaceModelFromMediaPipe (Anybody) for "
+           "detection.")
+
+
+def require_onnx():
+    """onnxruntime, with insightface importable beside it; else an error naming what is missing and the way out."""
+    missing = []
+    try:
+        import onnxruntime
+    except ImportError:
+        missing.append("onnxruntime")
+    try:
+        import insightface  # noqa: F401
+    except ImportError:
+        missing.append("insightface")
+    if missing:
+        raise ModelFileError(NO_ONNX.format(missing=f" ({' and '.join(missing)} not installed)"))
+    return onnxruntime
 
 
 def pack_candidates(root: Path, name: str) -> list[Path]:
@@ -85,8 +121,8 @@ def find_pack(name: str, roots: Sequence[str | Path]) -> Path:
 def load_face_models(name: str, roots: Sequence[str | Path], provider: str = "auto",
                      det_size: int = 640) -> FaceModels:
     """Load the pack's detector and recognizer through insightface's model zoo."""
+    providers = ort_providers(provider)  # first: without onnxruntime no pack can load, wherever it is
     folder = find_pack(name, roots)
-    providers = ort_providers(provider)
     detector, recognizer = None, None
     for onnx_file in sorted(folder.glob("*.onnx")):
         model = _route(onnx_file, providers)

@@ -107,11 +107,15 @@ def reference_embedding(models: FaceModels, references: Sequence) -> np.ndarray:
 
 
 def align_one(models: FaceModels, image: np.ndarray, tpl: Template, select: str = "largest", index: int = 0,
-              reference: np.ndarray | None = None, on_no_face: str = "error", source_index: int = 0) -> AlignedFace:
+              reference: np.ndarray | None = None, on_no_face: str = "error", source_index: int = 0,
+              faces: Sequence[Face] | None = None) -> AlignedFace:
+    """``faces``: already found (landmarks from another node) instead of detected here."""
     if on_no_face not in NO_FACE:
         raise BadInputError(f"Unknown no-face behaviour {on_no_face!r}; choose one of {', '.join(NO_FACE)}.")
     h, w = image.shape[:2]
-    faces = detect_faces(models, image) if min(h, w) >= 2 else []
+    if faces is None:
+        faces = detect_faces(models, image) if min(h, w) >= 2 else []
+    faces = list(faces)
     if not faces:
         if on_no_face == "error":
             raise BadInputError(f"No face found in image {source_index + 1} ({w}x{h}). Use a photo where the face is "
@@ -136,8 +140,10 @@ def align_one(models: FaceModels, image: np.ndarray, tpl: Template, select: str 
 
 def align_images(models: FaceModels, images: Sequence, template_name: str = "ffhq512", select: str = "largest",
                  index: int = 0, references: Sequence | None = None, on_no_face: str = "error",
-                 progress: Callable[[int, int], None] | None = None) -> list[AlignedFace]:
-    """Align one face per image. ``images``/``references``: [H,W,C] float 0..1 tensors or uint8 arrays."""
+                 progress: Callable[[int, int], None] | None = None,
+                 found: Sequence[Sequence[Face]] | None = None) -> list[AlignedFace]:
+    """Align one face per image. ``images``/``references``: [H,W,C] float 0..1 tensors or uint8 arrays.
+    ``found``: per image, faces another node found (MediaPipe landmarks); the detector is not run then."""
     tpl = template(template_name)
     if len(images) == 0:
         raise BadInputError("No images were given.")
@@ -148,7 +154,8 @@ def align_images(models: FaceModels, images: Sequence, template_name: str = "ffh
         reference = reference_embedding(models, references)
     out = []
     for i, image in enumerate(images):
-        out.append(align_one(models, to_uint8(image), tpl, select, index, reference, on_no_face, i))
+        out.append(align_one(models, to_uint8(image), tpl, select, index, reference, on_no_face, i,
+                             None if found is None else found[i]))
         if progress:
             progress(i + 1, len(images))
     return out

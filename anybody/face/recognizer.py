@@ -75,7 +75,10 @@ def torch_recognizer(path: str | Path, device: str | torch.device = "cpu") -> Fa
 
 
 def pack_recognizer(models: FaceModels) -> FaceRecognizer:
-    """The ArcFace ONNX recognizer of a face model pack, behind the same interface."""
+    """The face model's recognizer behind this interface: its torch ``embedder`` when it has one, else the pack's
+    ArcFace ONNX recognizer."""
+    if models.embedder is not None:
+        return models.embedder
     if models.recognizer is None:
         raise BadInputError(f"The face model pack {models.name} has no recognizer (glintr100.onnx / w600k_r50.onnx); "
                             "connect a FaceRecognizerLoader, or use antelopev2 or buffalo_l.")

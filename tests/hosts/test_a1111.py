@@ -411,6 +411,14 @@ def test_face_routes_use_the_webuis_insightface_folder(webui):
     trained = webui.post("/anybody/v1/train/cross-init", {"images": [photo, blank], "name": "faced", **TRAIN,
                                                           "face_model": "testpack"})
     assert trained["warnings"] and trained["warnings"][0].startswith("No face found in photo 2:"), trained
+    # the likeness curve: rendered by the webui's model being trained, scored by the pack, kept in the file
+    liked = webui.post("/anybody/v1/train/cross-init", {"images": [photo], "name": "liked", **TRAIN,
+                                                        "face_model": "testpack", "likeness_every": 1})
+    from safetensors import safe_open
+
+    with safe_open(liked["path"], "pt") as f:
+        curve = json.loads(f.metadata()["anybody.likeness.curve"])
+    assert [point[0] for point in curve] == [1, 2] and "likeness" in liked, liked
 
 
 def test_tab_builds_in_the_page_with_its_controls(tmp_path_factory):

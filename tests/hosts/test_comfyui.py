@@ -542,6 +542,42 @@ def test_trainer_names_photos_without_a_face_and_crops_to_faces(comfy_env):
     assert out["result"][1].metadata["anybody.source_images"]  # trained (on the face crops)
 
 
+def test_likeness_curve_renders_with_the_training_copy_and_keeps_the_graphs_model(comfy_env):
+    """likeness_every in the real node: DDIM on the training copy, decoded by the training decoder, scored by the
+    face model; the CSV and the file's metadata hold the curve; the graph's MODEL samples exactly as before."""
+    pytest.importorskip("insightface")
+    import json
+
+    import numpy as np
+    from safetensors import safe_open
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from face_onnx import build_pack, paint_face
+
+    root = comfy_env["base"] / "insightface_likeness"
+    build_pack(root, "likepack")
+    face_model = _pack_module("anybody.face.models").load_face_models("likepack", [root], "CPU")
+    photo = np.full((128, 128, 3), 120, np.uint8)
+    paint_face(photo, 48, 48, blue=128)
+    images = torch.from_numpy(photo[None]).float() / 255
+    model, clip, vae = _load_tiny(comfy_env)
+    before = _fixed_x0(model)
+    node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyCrossInitTrain"]()
+    settings = dict(preset="custom", steps=4, lr=0.005, batch=1, grad_accum=1, resolution=64, seed=0, save_every=0,
+                    preview_every=2, saved_progress="resume", overwrite=False, names_file="bundled (1,180 names)",
+                    gradient_checkpointing=False, likeness_every=2, likeness_patience=0, keep_best=True)
+    with torch.inference_mode():
+        out = node.train(model=model, clip=clip, vae=vae, images=images, name="likeness", face_model=face_model,
+                         **settings)
+    path = Path(out["result"][2])
+    with safe_open(str(path), "pt") as f:
+        curve = json.loads(f.metadata()["anybody.likeness.curve"])
+    assert [point[0] for point in curve] == [2, 4]
+    rows = (comfy_env["base"] / "output" / "anybody_training" / "likeness.loss.csv").read_text().splitlines()
+    assert rows[0] == "step,loss,average,likeness,face_rate" and len(rows) == 5
+    assert torch.equal(_fixed_x0(model), before), "the graph's MODEL is untouched"
+
+
 def test_sd2_v_prediction_training_and_the_sigma_to_ddpm_conversion(comfy_env):
     """SD2.x: OpenCLIP-H text encoder (full size, random), a narrow 1024-context UNet, v-prediction."""
     import comfy.model_base
