@@ -58,9 +58,12 @@ class MediaPipeDetector:
 
     def detect(self, bgr: np.ndarray, input_size=None, max_num: int = 0):
         """``(boxes [N,5] with the score last, kps [N,5,2])`` like insightface's SCRFD; the size is MediaPipe's own."""
+        import torch
+
         rgb = np.ascontiguousarray(bgr[..., ::-1])
-        (frame,) = self.model.detect_batch([rgb], num_faces=max_num or self.max_faces,
-                                           score_thresh=self.min_confidence, variant=self.variant)
+        with torch.no_grad():  # called inside training runs too, where gradients are on; ComfyUI's code needs them off
+            (frame,) = self.model.detect_batch([rgb], num_faces=max_num or self.max_faces,
+                                               score_thresh=self.min_confidence, variant=self.variant)
         if not frame:
             return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
         boxes = np.stack([np.append(np.asarray(f["bbox_xyxy"], np.float32).reshape(4), float(f["score"]))

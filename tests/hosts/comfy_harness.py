@@ -47,6 +47,7 @@ def start_comfy(comfy_dir: str | Path, base: Path, flags: list[str], as_launched
     folder_paths.add_model_folder_path("insightface", str(base / "insightface"))  # as extra_model_paths.yaml does
     folder_paths.add_model_folder_path("face_parsing", str(base / "face_parsing"))
     folder_paths.add_model_folder_path("facerestore_models", str(base / "facerestore_models"))
+    folder_paths.add_model_folder_path("detection", str(base / "detection"))  # ComfyUI's MediaPipe face model
     folder_paths.add_model_folder_path("celebrity_names", str(base / "celebrity_names"))
     import execution
     import nodes

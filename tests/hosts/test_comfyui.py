@@ -996,3 +996,74 @@ def test_face_restore_runs_codeformer_on_the_faces_and_upscales_the_rest(comfy_e
     parsed = np.asarray(Image.open(base / "output" / saved["filename"])).astype(np.int16)
     assert np.array_equal(parsed[:40, :40], upscaled[:40, :40])
     assert np.all(np.abs(parsed - upscaled) <= np.abs(outputs[1.0] - upscaled) + 2), "never more than the square"
+
+
+def _random_mediapipe_file(path: Path) -> None:
+    """ComfyUI's MediaPipe face model file layout (detector_short/full, mesh, blendshapes, canonical geometry,
+    topology) with random weights: real code paths, meaningless detections."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from comfy_extras.mediapipe.face_landmarker import FaceLandmarker
+
+    torch.manual_seed(0)
+    state = {}
+    for variant in ("short", "full"):
+        model = FaceLandmarker(detector_variant=variant)
+        state.update({f"detector_{variant}.{k}": v.float().clone() for k, v in model.detector.state_dict().items()})
+        if variant == "short":
+            state.update({f"mesh.{k}": v.float().clone() for k, v in model.mesh.state_dict().items()})
+            state.update({f"blendshapes.{k}": v.float().clone() for k, v in model.blendshapes.state_dict().items()})
+    rng = np.random.default_rng(0)
+    for part in ("face_oval", "left_eye", "right_eye", "left_eyebrow", "right_eyebrow", "lips", "irises", "nose",
+                 "tesselation"):
+        state[f"topology.{part}"] = torch.from_numpy(rng.integers(0, 478, (8, 2)).astype(np.int32))
+    state["canonical_vertices"] = torch.from_numpy(rng.normal(size=(478, 3)).astype(np.float32))
+    state["procrustes_indices"] = torch.arange(0, 468, 10, dtype=torch.int32)
+    state["procrustes_weights"] = torch.ones(47)
+    path.parent.mkdir(exist_ok=True)
+    save_file(state, str(path))
+
+
+def test_mediapipe_face_model_and_landmarks_feed_the_face_nodes(comfy_env):
+    """On ComfyUI releases with the MediaPipe face nodes: our node is registered, ComfyUI's own model serves as the
+    detector (also with gradients on, as inside a training run) and its FACE_LANDMARKS feed FaceAlign."""
+    pytest.importorskip("comfy_extras.nodes_mediapipe")
+    import numpy as np
+
+    nodes = comfy_env["nodes"].NODE_CLASS_MAPPINGS
+    assert "AnybodyFaceModelFromMediaPipe" in nodes
+    _random_mediapipe_file(comfy_env["base"] / "detection" / "mp_random.safetensors")
+    graph = {"1": {"class_type": "LoadImage", "inputs": {"image": "face.jpg"}},
+             "2": {"class_type": "LoadMediaPipeFaceLandmarker", "inputs": {"model_name": "mp_random.safetensors"}},
+             "3": {"class_type": "MediaPipeFaceLandmarker", "inputs": {
+                 "face_detection_model": ["2", 0], "image": ["1", 0], "detector_variant": "short", "num_faces": 1,
+                 "min_confidence": 0.05, "missing_frame_fallback": "empty"}},
+             "4": {"class_type": "AnybodyFaceModelFromMediaPipe", "inputs": {
+                 "face_detection_model": ["2", 0], "detector_variant": "short", "min_confidence": 0.05}},
+             "5": {"class_type": "AnybodyFaceAlign", "inputs": {
+                 "face_model": ["4", 0], "images": ["1", 0], "template": "ffhq256", "face": "largest", "index": 0,
+                 "if_no_face": "pass_through", "face_landmarks": ["3", 0]}},
+             "6": {"class_type": "AnybodyFaceAlign", "inputs": {
+                 "face_model": ["4", 0], "images": ["1", 0], "template": "ffhq256", "face": "largest", "index": 0,
+                 "if_no_face": "pass_through"}},
+             "7": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": "mp_landmarks"}},
+             "8": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "mp_detector"}}}
+    ex, errors = comfy_env["run"](graph)
+    assert ex.success, errors
+    for node_id in ("5", "6"):
+        assert ex.history_result["outputs"][node_id]["text"] == ["1/1 face(s) aligned to ffhq256 (256x256)"]
+
+    face_model = nodes["AnybodyFaceModelFromMediaPipe"]().build(
+        _comfy_mediapipe_model(comfy_env["base"] / "detection" / "mp_random.safetensors"), "short", 0.05)[0]
+    photo = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(comfy_env["base"] / "input" / "face.jpg"))
+    with torch.inference_mode(False), torch.enable_grad():  # as inside a training run (likeness renders, x0 faces)
+        faces = _pack_module("anybody.face.detect").detect_faces(face_model, np.ascontiguousarray(photo[..., :3]))
+    assert faces and faces[0].landmarks.shape == (5, 2)
+
+
+def _comfy_mediapipe_model(path: Path):
+    import comfy.utils
+    from comfy_extras.nodes_mediapipe import FaceLandmarkerModel
+
+    return FaceLandmarkerModel(comfy.utils.load_torch_file(str(path), safe_load=True))
