@@ -30,6 +30,22 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="anybody_out", help="output folder (embeddings/ and training_state/ inside)")
 
 
+def _add_likeness_options(p, needs: str = "") -> None:
+    p.add_argument("--likeness-every", type=int, default=-1, metavar="N",
+                   help=f"{needs}every N steps render 2 images and score them against the photos (curve in "
+                        "<out>/training_state/<name>.loss.csv); -1 (default): a quarter of the run on a GPU, off on "
+                        "the CPU; 0: off")
+    p.add_argument("--likeness-patience", type=int, default=0, metavar="K",
+                   help="stop after K evaluations without a better likeness (default 0: never early)")
+    p.add_argument("--last-step", action="store_true",
+                   help="save the last step's result, not the best-scoring evaluation's")
+
+
+def _likeness(args) -> dict:
+    return {"likeness_every": args.likeness_every, "likeness_patience": args.likeness_patience,
+            "keep_best": not args.last_step}
+
+
 def _config(args, **defaults):
     from .methods.cross_init import preset
 
@@ -74,8 +90,7 @@ def cmd_train_cross_init(args) -> int:
 
     from dataclasses import replace
 
-    config = replace(_config(args), likeness_every=args.likeness_every, likeness_patience=args.likeness_patience,
-                     keep_best=not args.last_step)
+    config = replace(_config(args), **_likeness(args))
     check_settings(args.name, config, args.names)  # cheap checks first: nothing loads before they pass
     if args.likeness_every > 0 and not args.face_pack:
         raise AnybodyError("--likeness-every needs --face-pack (the face models that score the renders).")
@@ -126,7 +141,7 @@ def cmd_train_celeb_basis(args) -> int:
     overrides = {k: getattr(args, k) for k in ("steps", "lr", "batch", "resolution", "views", "save_every",
                                                 "components", "rows") if getattr(args, k) is not None}
     config = replace(CelebBasisConfig(), seed=args.seed, gradient_checkpointing=args.gradient_checkpointing,
-                     **overrides)
+                     **overrides, **_likeness(args))
     check_settings([name for name, _ in people], config, args.names)  # cheap checks first
     ensure_writable_folder(Path(args.out))
     detect_family(args.checkpoint)
@@ -146,7 +161,7 @@ def cmd_train_celeb_basis(args) -> int:
                            lambda m: print(f"note: {m}", file=sys.stderr))
         aligned.append(Person(name, crops))
     results = train_celeb_basis(host, aligned, recognizer, config, names_file=args.names, resume=args.resume,
-                                overwrite=args.overwrite, restart=args.restart)
+                                overwrite=args.overwrite, restart=args.restart, face_models=faces)
     for result in results:
         print(f"{result.path}\n{result.identity.describe()}")
     return 0
@@ -162,7 +177,8 @@ def cmd_train_magicapture(args) -> int:
     from .nets.bisenet import load_bisenet
 
     overrides = {k: getattr(args, k) for k in ("resolution", "save_every") if getattr(args, k) is not None}
-    config = preset(args.preset, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing, **overrides)
+    config = preset(args.preset, seed=args.seed, gradient_checkpointing=args.gradient_checkpointing, **overrides,
+                    **_likeness(args))
     check_settings(args.subject_name, args.style_name, config)  # cheap checks first
     ensure_writable_folder(Path(args.out))
     detect_family(args.checkpoint)
@@ -316,14 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "adaface`) instead of the celebrity average")
     ci.add_argument("--prediction", choices=["eps", "v"], default=None,
                     help="v for v-prediction checkpoints such as SD2.x-768 (default: eps)")
-    ci.add_argument("--likeness-every", type=int, default=-1, metavar="N",
-                    help="with --face-pack: every N steps render 2 images and score them against the photos (curve in "
-                         "<out>/training_state/<name>.loss.csv); -1 (default): a quarter of the run on a GPU, off on "
-                         "the CPU; 0: off")
-    ci.add_argument("--likeness-patience", type=int, default=0, metavar="K",
-                    help="stop after K evaluations without a better likeness (default 0: never early)")
-    ci.add_argument("--last-step", action="store_true",
-                    help="save the last step's vectors, not the best-scoring evaluation's")
+    _add_likeness_options(ci, "with --face-pack: ")
     _add_train_options(ci)
     ci.set_defaults(func=cmd_train_cross_init)
     cb = methods.add_parser("celeb-basis", help="Celeb Basis: one or several people as coefficients on a basis of "
@@ -353,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     cb.add_argument("--resume", action="store_true", help="continue a stopped run of the same people")
     cb.add_argument("--restart", action="store_true", help="discard a stopped run's saved progress and start over")
     cb.add_argument("--overwrite", action="store_true", help="replace existing embeddings of those names")
+    _add_likeness_options(cb)
     cb.add_argument("--out", default="anybody_out", help="output folder (embeddings/ and training_state/ inside)")
     cb.add_argument("--prediction", choices=["eps", "v"], default=None, help="v for v-prediction checkpoints")
     cb.add_argument("--low-memory", action="store_true", help="CPU: keep frozen UNet weights in fp16")
@@ -379,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     mc.add_argument("--resume", action="store_true", help="continue a stopped run of the same names")
     mc.add_argument("--restart", action="store_true", help="discard a stopped run's saved progress and start over")
     mc.add_argument("--overwrite", action="store_true", help="replace existing files of those names")
+    _add_likeness_options(mc, "in phase 2: ")
     mc.add_argument("--out", default="anybody_out", help="output folder (loras/, embeddings/, training_state/)")
     mc.add_argument("--prediction", choices=["eps", "v"], default=None, help=argparse.SUPPRESS)
     mc.add_argument("--low-memory", action="store_true", help="CPU: keep frozen UNet weights in fp16")

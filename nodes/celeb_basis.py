@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from .likeness import LIKENESS_INPUTS
 from ..anybody.methods.celeb_basis import EXPERIMENTAL, CelebBasisConfig
 
 from .cross_init import BUNDLED_NAMES, _name_lists, _names_path
@@ -68,13 +69,15 @@ class AnybodyCelebBasisEmbed:
                                   "person (flip, colour, scale, position), encoded once before training"}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "recompute UNet activations in "
                                                        "the backward pass: less VRAM, about 1/3 slower"}),
+                **LIKENESS_INPUTS,
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, model, clip, vae, face_model, images, names, steps, lr, batch, resolution, seed, save_every,
               preview_every, saved_progress, overwrite, recognizer=None, names_file=BUNDLED_NAMES,
-              views=_PAPER.views, gradient_checkpointing=False, unique_id=None):
+              views=_PAPER.views, gradient_checkpointing=False, likeness_every=-1, likeness_patience=0,
+              keep_best=True, unique_id=None):
         from dataclasses import replace
 
         from ..anybody.face.recognizer import pack_recognizer
@@ -85,7 +88,8 @@ class AnybodyCelebBasisEmbed:
         groups = group_photos(names, len(images))
         config = replace(_PAPER, steps=steps, lr=lr, batch=batch, resolution=resolution, seed=seed,
                          save_every=save_every, preview_every=preview_every, views=views,
-                         gradient_checkpointing=gradient_checkpointing)
+                         gradient_checkpointing=gradient_checkpointing, likeness_every=likeness_every,
+                         likeness_patience=likeness_patience, keep_best=keep_best)
         names_path = None if names_file == BUNDLED_NAMES else _names_path(names_file)
         check_settings([name for name, _ in groups], config, names_path)  # before any face is detected
         host = ComfyHost(model, clip, vae, node_id=unique_id)
@@ -105,7 +109,7 @@ class AnybodyCelebBasisEmbed:
                  "FaceRecognizerLoader loads it).")
         results = train_celeb_basis(host, people, recognizer, config, names_file=names_path,
                                     resume=saved_progress == "resume", restart=saved_progress == "start over",
-                                    overwrite=overwrite)
+                                    overwrite=overwrite, face_models=face_model)
         out_clip = clip
         for result in results:
             out_clip = clip_with_identity(out_clip, result.identity)

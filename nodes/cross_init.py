@@ -7,6 +7,7 @@ from ..anybody.methods.cross_init import (DEFAULT_NAMES, PRESETS, CrossInitConfi
                                           vector_stats)
 from ..anybody.methods.cross_init import preset as make_config
 
+from .likeness import LIKENESS_INPUTS
 from .folders import register_model_folder
 
 _PAPER = CrossInitConfig()
@@ -84,16 +85,7 @@ class AnybodyCrossInitTrain:
                 "init_identity": ("ANYBODY_IDENTITY", {"tooltip": "start from this identity's vectors (e.g. "
                                                                   "AdaFaceEncode's) instead of the celebrity average; "
                                                                   "trains as many vectors as it has"}),
-                "likeness_every": ("INT", {"default": -1, "min": -1, "max": 100000, "tooltip":
-                                           "with face_model: every N steps render 2 images of the identity and score "
-                                           "them against the photos; the curve shows under the previews and in "
-                                           "<name>.loss.csv. -1: auto (a quarter of the run on a GPU, off on the "
-                                           "CPU), 0: off"}),
-                "likeness_patience": ("INT", {"default": 0, "min": 0, "max": 1000, "tooltip":
-                                              "stop early after this many evaluations without a better likeness "
-                                              "(0: always run every step)"}),
-                "keep_best": ("BOOLEAN", {"default": True, "tooltip": "save the vectors of the best-scoring "
-                                          "evaluation rather than the last step's"}),
+                **LIKENESS_INPUTS,
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 
+from .likeness import LIKENESS_INPUTS
 from ..anybody.methods.magicapture import PRESETS, STRENGTHS, MagiCaptureConfig
 
 from .face import PARSING_FOLDER, _bisenet, _register_folders
@@ -62,12 +63,14 @@ class AnybodyMagiCaptureLoRA:
                 "text_strength": ("FLOAT", {"default": STRENGTHS["text"], "min": -4.0, "max": 4.0, "step": 0.05,
                                             "tooltip": "the paper samples at 0.9"}),
             },
+            "optional": {**LIKENESS_INPUTS},  # phase 2: renders of the composed prompt at the paper's strengths
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, model, clip, vae, subject_images, style_images, face_model, recognizer, parsing_model,
               subject_name, style_name, preset, resolution, seed, save_every, preview_every, saved_progress, overwrite,
-              gradient_checkpointing, unet_strength, text_strength, unique_id=None):
+              gradient_checkpointing, unet_strength, text_strength, likeness_every=-1, likeness_patience=0,
+              keep_best=True, unique_id=None):
         import comfy.model_management as mm
         import comfy.sd
         import comfy.utils
@@ -80,7 +83,8 @@ class AnybodyMagiCaptureLoRA:
         from ..anybody.nets.bisenet import SOURCE
 
         config = make_config(preset, resolution=resolution, seed=seed, save_every=save_every,
-                             preview_every=preview_every, gradient_checkpointing=gradient_checkpointing)
+                             preview_every=preview_every, gradient_checkpointing=gradient_checkpointing,
+                             likeness_every=likeness_every, likeness_patience=likeness_patience, keep_best=keep_best)
         check_settings(subject_name, style_name, config)
         path = folder_paths.get_full_path(PARSING_FOLDER, parsing_model)
         if path is None:

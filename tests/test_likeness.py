@@ -208,3 +208,56 @@ def test_the_curve_needs_a_face_model_and_photos_with_faces(host, face_models):
     with pytest.raises(BadInputError, match="found no face in any photo"):
         ci.train_cross_init(host, torch.full((1, 64, 64, 3), 0.4), "nofaces", config, face_models=face_models)
     assert host.sink.steps == [], "refused before training"
+
+
+def test_celeb_basis_scores_every_person_of_a_joint_run(host, face_models, tmp_path, monkeypatch):
+    from face_onnx import paint_face
+    from safetensors import safe_open
+
+    from anybody.face.recognizer import torch_recognizer
+    from anybody.methods import celeb_basis as cb
+    from anybody.methods import likeness
+    from anybody.nets.iresnet import IResNet
+
+    torch.manual_seed(7)
+    net = IResNet((1, 1, 1, 1))
+    torch.save({k: (v.abs() + 1 if k.endswith("running_var") else v) for k, v in net.state_dict().items()},
+               tmp_path / "backbone.pth")
+    crops = []
+    for blue in (40, 200):
+        crop = np.full((64, 64, 3), 110, np.uint8)
+        paint_face(crop, 16, 16, blue=blue)
+        crops.append(torch.from_numpy(crop).float() / 255)
+    people = [cb.Person("cb_la", [crops[0]]), cb.Person("cb_lb", [crops[1]])]
+    renders = []
+    real = likeness.ddim_sample
+    monkeypatch.setattr(likeness, "ddim_sample", lambda *a, **k: renders.append(1) or real(*a, **k))
+    config = cb.CelebBasisConfig(steps=2, resolution=64, views=2, save_every=0, preview_every=0, likeness_every=2)
+    results = cb.train_celeb_basis(host, people, torch_recognizer(tmp_path / "backbone.pth"), config,
+                                   face_models=face_models)
+    assert 2 <= len(renders) <= 4, "each evaluation renders every person already trained on"
+    for result in results:
+        with safe_open(str(result.path), "pt") as f:
+            curve = json.loads(f.metadata()["anybody.likeness.curve"])
+        assert [point[0] for point in curve] == [2, 4]
+    assert (host.state_dir() / "celeb_basis.cb_la+cb_lb.loss.csv").read_text().startswith(
+        "step,loss,average,likeness,face_rate")
+
+
+@pytest.mark.parametrize("steps, batch, people", [(320, 8, 1), (25, 8, 1), (400, 2, 1), (300, 2, 1), (800, 2, 2),
+                                                  (1500, 1, 1), (40, 64, 1)])
+def test_auto_cadence_stays_within_the_budget(steps, batch, people):
+    from anybody.methods import likeness
+
+    every = likeness.resolve_every(likeness.AUTO, steps, "cuda", True, batch, people)
+    tracker = LikenessTracker(every, None, {})
+    evaluations = sum(tracker.due(done, steps) for done in range(1, steps + 1))
+    cost = evaluations * likeness.EVALUATION_PASSES * people / (steps * likeness.TRAINING_PASSES_PER_IMAGE * batch)
+    assert cost <= likeness.BUDGET
+    if every:
+        assert every >= steps // 4 and tracker.due(steps, steps), "at most every quarter, and always at the end"
+    assert likeness.resolve_every(likeness.AUTO, steps, "cpu", True, batch, people) == 0
+    assert likeness.resolve_every(likeness.AUTO, steps, "cuda", False, batch, people) == 0
+    assert likeness.resolve_every(7, steps, "cpu", False) == 7
+    assert (likeness.resolve_every(likeness.AUTO, 320, "cuda", True, 8), likeness.resolve_every(
+        likeness.AUTO, 25, "cuda", True, 8)) == (80, 0), "paper-320: every 80 steps; fast-25: off"

@@ -90,7 +90,7 @@ CELEB_BASIS_FIELDS: dict[str, Any] = {
     "images": None, "names": "my_face", "steps": _CB.steps, "lr": _CB.lr, "batch": _CB.batch, "resolution": 0,
     "seed": _CB.seed, "save_every": _CB.save_every, "preview_every": _CB.preview_every, "saved_progress": "resume",
     "overwrite": False, "names_file": BUNDLED_NAMES, "views": _CB.views, "gradient_checkpointing": False,
-    "face_model": "antelopev2", "recognizer": "auto",
+    "face_model": "antelopev2", "recognizer": "auto", "likeness_every": -1, "likeness_patience": 0, "keep_best": True,
 }
 
 
@@ -99,7 +99,8 @@ MAGICAPTURE_FIELDS: dict[str, Any] = {
     "subject_images": None, "style_images": None, "subject_name": "my_face", "style_name": "my_style",
     "preset": "paper", "resolution": 0, "seed": 42, "save_every": 100, "preview_every": 50, "saved_progress": "resume",
     "overwrite": False, "gradient_checkpointing": False, "face_model": "antelopev2",
-    "recognizer": "auto", "parsing_model": "79999_iter.pth",
+    "recognizer": "auto", "parsing_model": "79999_iter.pth", "likeness_every": -1, "likeness_patience": 0,
+    "keep_best": True,
 }
 
 
@@ -119,7 +120,8 @@ def magicapture_request(body: Mapping[str, Any]):
     checked = checked_fields(body, {k: v for k, v in MAGICAPTURE_FIELDS.items() if k != "preset"}, "magicapture")
     checked["preset"] = chosen
     config = preset(checked["preset"], **{k: checked[k] for k in ("resolution", "seed", "save_every", "preview_every",
-                                                                  "gradient_checkpointing")})
+                                                                  "gradient_checkpointing", "likeness_every",
+                                                                  "likeness_patience", "keep_best")})
     return checked, config
 
 
@@ -136,7 +138,8 @@ def celeb_basis_request(body: Mapping[str, Any]) -> tuple[dict[str, Any], CelebB
         body.setdefault("saved_progress", "resume" if resume else "start over")
     checked = checked_fields(body, CELEB_BASIS_FIELDS, "celeb-basis")
     config = replace(_CB, **{k: checked[k] for k in ("steps", "lr", "batch", "resolution", "seed", "save_every",
-                                                     "preview_every", "views", "gradient_checkpointing")})
+                                                     "preview_every", "views", "gradient_checkpointing",
+                                                     "likeness_every", "likeness_patience", "keep_best")})
     return checked, config
 
 

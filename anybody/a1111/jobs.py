@@ -197,7 +197,8 @@ def celeb_basis(images: Sequence[torch.Tensor], fields: dict[str, Any], config, 
              "glint360k_cosface_r100_fp16_0.1/backbone.pth in models/face_recognition).")
     results = train_celeb_basis(host, people, chosen, config, names_file=names_path(fields["names_file"]),
                                 resume=fields["saved_progress"] == "resume",
-                                restart=fields["saved_progress"] == "start over", overwrite=fields["overwrite"])
+                                restart=fields["saved_progress"] == "start over", overwrite=fields["overwrite"],
+                                face_models=models)
     webui.refresh_embeddings()
     reused = all(r.reused for r in results)
     return {"people": [{"name": r.identity.name, "prompt_word": r.identity.name, "path": str(r.path)}

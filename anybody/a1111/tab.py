@@ -43,6 +43,25 @@ def _guarded(run):
         return None, _message(str(exc), error=True)
 
 
+LIKENESS_CONTROLS = ("likeness_every", "likeness_patience", "keep_best")
+
+
+def _likeness_controls(gr, prefix: str):
+    """The likeness-curve controls every training section has (the face model scores the renders)."""
+    with gr.Row():
+        every = gr.Number(label="likeness_every (-1: auto, a quarter of the run on a GPU; 0: off)", value=-1,
+                          precision=0, elem_id=f"{ELEM}_{prefix}likeness_every")
+        patience = gr.Number(label="likeness_patience (stop after N evaluations without gain; 0: never)", value=0,
+                             precision=0)
+        best = gr.Checkbox(label="keep_best (save the best-scoring step)", value=True)
+    return [every, patience, best]
+
+
+def _likeness_values(body: dict) -> None:
+    body["likeness_every"], body["likeness_patience"] = int(body["likeness_every"]), int(body["likeness_patience"])
+    body["keep_best"] = bool(body["keep_best"])
+
+
 def train_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
     names = [k for k in fields.CROSS_INIT_FIELDS if k != "images"]
 
@@ -51,6 +70,8 @@ def train_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
         body["face_model"] = body["face_model"] if body["face_model"] != "none" else ""
         for key in ("steps", "batch", "grad_accum", "resolution", "seed", "save_every", "preview_every"):
             body[key] = int(body[key])
+        if "likeness_every" in body:
+            _likeness_values(body)
         if body["preset"] != "custom":
             del body["steps"]  # the box only counts for the custom preset
         checked, config = fields.cross_init_request(body)
@@ -68,7 +89,8 @@ def train_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
 
 
 CB_CONTROLS = ("names", "steps", "lr", "batch", "resolution", "seed", "views", "save_every", "preview_every",
-               "saved_progress", "overwrite", "names_file", "gradient_checkpointing", "face_model", "recognizer")
+               "saved_progress", "overwrite", "names_file", "gradient_checkpointing", "face_model", "recognizer",
+               *LIKENESS_CONTROLS)
 
 
 def celeb_basis_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
@@ -78,6 +100,8 @@ def celeb_basis_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
         body = dict(zip(CB_CONTROLS, values))
         for key in ("steps", "batch", "resolution", "seed", "views", "save_every", "preview_every"):
             body[key] = int(body[key])
+        if "likeness_every" in body:
+            _likeness_values(body)
         body["lr"] = float(body["lr"])
         body["recognizer"] = body["recognizer"] or "auto"
         body["face_model"] = body["face_model"] or "antelopev2"  # none installed: the error says where it goes
@@ -95,7 +119,8 @@ def celeb_basis_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
 
 
 MC_CONTROLS = ("subject_name", "style_name", "preset", "resolution", "seed", "save_every", "preview_every",
-               "saved_progress", "overwrite", "gradient_checkpointing", "face_model", "recognizer", "parsing_model")
+               "saved_progress", "overwrite", "gradient_checkpointing", "face_model", "recognizer", "parsing_model",
+               *LIKENESS_CONTROLS)
 
 
 def magicapture_from_tab(task_id: str, subject_files, style_files, *values) -> tuple[Any, str]:
@@ -103,6 +128,8 @@ def magicapture_from_tab(task_id: str, subject_files, style_files, *values) -> t
         body = dict(zip(MC_CONTROLS, values))
         for key in ("resolution", "seed", "save_every", "preview_every"):
             body[key] = int(body[key])
+        if "likeness_every" in body:
+            _likeness_values(body)
         body["face_model"] = body["face_model"] or "antelopev2"
         body["recognizer"] = body["recognizer"] or "auto"
         checked, config = fields.magicapture_request(body)
@@ -207,6 +234,7 @@ def build():
                             init_identity = gr.Dropdown(label="init_identity (start from an embedding, e.g. AdaFace's)",
                                                         choices=["", *identity_files()], value="",
                                                         elem_id=f"{ELEM}_init_identity")
+                        likeness = _likeness_controls(gr, "")
                         task_id = gr.Textbox(visible=False, elem_id=f"{ELEM}_task_id")
                         train = gr.Button("Train", variant="primary", elem_id=f"{ELEM}_train")
                     with gr.Column(elem_id=f"{ELEM}_train_output_column"):
@@ -218,7 +246,7 @@ def build():
                             _js="anybody_start_training",
                             inputs=[task_id, photos, name, preset, steps, lr, batch, grad_accum, resolution, seed,
                                     save_every, preview_every, saved_progress, overwrite, names_file, checkpointing,
-                                    face_model, crop_to_face, init_identity],
+                                    face_model, crop_to_face, init_identity, *likeness],
                             outputs=[train_text, train_result])
             with gr.Tab("Celeb Basis training", elem_id=f"{ELEM}_celeb_basis_tab"):
                 cbd = fields.CELEB_BASIS_FIELDS
@@ -253,6 +281,7 @@ def build():
                             cb_recognizer = gr.Dropdown(label="recognizer (auto: the file in models/face_recognition, "
                                                               "else the pack's)", choices=recognizers, value="auto",
                                                         elem_id=f"{ELEM}_cb_recognizer")
+                        cb_likeness = _likeness_controls(gr, "cb_")
                         cb_task = gr.Textbox(visible=False, elem_id=f"{ELEM}_cb_task_id")
                         cb_button = gr.Button("Train", variant="primary", elem_id=f"{ELEM}_cb_train")
                     with gr.Column():
@@ -264,7 +293,7 @@ def build():
                                 _js="anybody_start_celeb_basis",
                                 inputs=[cb_task, cb_photos, cb_names, cb_steps, cb_lr, cb_batch, cb_resolution, cb_seed,
                                         cb_views, cb_save_every, cb_preview_every, cb_saved, cb_overwrite,
-                                        cb_names_file, cb_checkpointing, cb_pack, cb_recognizer],
+                                        cb_names_file, cb_checkpointing, cb_pack, cb_recognizer, *cb_likeness],
                                 outputs=[cb_text, cb_result])
             with gr.Tab("MagiCapture (person + style)", elem_id=f"{ELEM}_magicapture_tab"):
                 mcd = fields.MAGICAPTURE_FIELDS
@@ -300,6 +329,7 @@ def build():
                                                         choices=["auto", *jobs.recognizer_files()], value="auto")
                             mc_parsing = gr.Dropdown(label="parsing_model (models/face_parsing)", choices=parsing_files,
                                                      value=parsing_files[0])
+                        mc_likeness = _likeness_controls(gr, "mc_")
                         mc_task = gr.Textbox(visible=False, elem_id=f"{ELEM}_mc_task_id")
                         mc_button = gr.Button("Train", variant="primary", elem_id=f"{ELEM}_mc_train")
                     with gr.Column():
@@ -311,7 +341,7 @@ def build():
                                 _js="anybody_start_magicapture",
                                 inputs=[mc_task, mc_subjects, mc_styles, mc_subject, mc_style, mc_preset, mc_resolution,
                                         mc_seed, mc_save_every, mc_preview_every, mc_saved, mc_overwrite,
-                                        mc_checkpointing, mc_pack, mc_recognizer, mc_parsing],
+                                        mc_checkpointing, mc_pack, mc_recognizer, mc_parsing, *mc_likeness],
                                 outputs=[mc_text, mc_result])
             with gr.Tab("AdaFace (no training)", elem_id=f"{ELEM}_adaface_tab"):
                 ada = fields.ADAFACE_FIELDS

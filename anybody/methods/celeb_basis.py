@@ -33,6 +33,9 @@ from ..train.engine import StepResult, Trainer, is_out_of_memory, out_of_memory
 from ..train.loss_scale import LossScale
 from ..train.state import TrainingState
 from .celeb_space import N_COMPONENTS, N_TOKENS, ROW_MODES, CelebBasis, load_or_build, tensor_digest
+from ..train.likeness import LikenessTracker
+from .likeness import (embedder_of, identity_probe, keep_best, likeness_metadata, mean_probe, reference_faces,
+                       resolve_every)
 from .runs import (RESULT_KEY, TrainedIdentity, continues_saved, default_resolution, discard_saved, images_digest,
                    refuse_existing, result_key, reusable)
 
@@ -65,6 +68,10 @@ class CelebBasisConfig:
     save_every: int = 100
     preview_every: int = 20
     gradient_checkpointing: bool = False
+    #: beyond the paper: the likeness curve (see cross_init.CrossInitConfig); -1 = auto
+    likeness_every: int = 0
+    likeness_patience: int = 0
+    keep_best: bool = True
 
 
 @dataclass
@@ -237,6 +244,9 @@ def check_settings(names: Sequence[str], config: CelebBasisConfig,
                                 f"{N_COMPONENTS} components).")
     if config.save_every < 0 or config.preview_every < 0:
         raise BadInputError("save_every and preview_every must be 0 (off) or a positive number of steps.")
+    if config.likeness_every < -1 or config.likeness_patience < 0:
+        raise BadInputError("likeness_every must be -1 (auto), 0 (off) or a number of steps; likeness_patience 0 "
+                            "or a number of evaluations.")
     if not 0 < config.lr < 1e3:  # also NaN and inf
         raise BadInputError(f"The learning rate {config.lr} is not usable; give a positive value below 1000 (the "
                             f"paper's is {CelebBasisConfig.lr}).")
@@ -300,15 +310,26 @@ def recognizer_digest(recognizer: FaceRecognizer) -> str:
 
 def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceRecognizer,
                       config: CelebBasisConfig = CelebBasisConfig(), names_file: str | Path | None = None,
-                      resume: bool = False, overwrite: bool = False, restart: bool = False) -> list[TrainedIdentity]:
+                      resume: bool = False, overwrite: bool = False, restart: bool = False,
+                      face_models=None) -> list[TrainedIdentity]:
     """Learn every person of ``people`` jointly on ``host``; write ``<name>.safetensors`` for each into its embeddings
     folder (stock format: two vectors per text encoder).
 
     The faces must be FFHQ-aligned crops (``face.training_photos.ffhq_faces``). Run again with the same faces,
     settings and checkpoint (a re-queued graph), it loads the files instead of training. Progress of a stopped run
     is continued with ``resume`` or discarded with ``restart``, never silently.
+
+    ``face_models`` scores the likeness curve's renders (``config.likeness_every``) against each person's crops.
     """
+    config = replace(config, likeness_every=resolve_every(config.likeness_every, config.steps * len(people),
+                                                          host.device, face_models is not None, config.batch,
+                                                          len(people)))
     names, celeb_names = check_settings([p.name for p in people], config, names_file)
+    if config.likeness_every and face_models is None:
+        raise BadInputError("The likeness curve (likeness_every > 0) needs a face model to find and compare faces: "
+                            "connect FaceModelLoader, or set likeness_every to 0.")
+    if not config.likeness_every:  # without evaluations these change nothing: the same result, the same file
+        config = replace(config, likeness_patience=0, keep_best=True)
     for person in people:
         if not person.faces:
             raise BadInputError(f"No face photos were given for '{person.name}'.")
@@ -340,6 +361,7 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
     if host.family in EXPERIMENTAL:
         host.sink.log(f"Warning: {EXPERIMENTAL[host.family]}.")
 
+    references = ([reference_faces(face_models, p.faces) for p in people] if config.likeness_every else None)
     basis = load_or_build(host.encoders, celeb_names, host.state_dir() / "celeb_basis", config.components,
                           config.rows, host.sink.log)
     host.sink.check_cancel()
@@ -359,7 +381,14 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
             ema = new_ema(list(basis.tensors), len(people), config.components)
             optimizer = torch.optim.AdamW(list(params.values()), lr=config.lr, betas=(0.9, 0.999), eps=1e-8,
                                           weight_decay=config.weight_decay)
-            start = state.load(params, optimizer, ema) if resuming else 0
+            tracker = None
+            if config.likeness_every:
+                probes = [identity_probe(host, _current_identity(ema, basis, i, name, config.ema_decay, host.device),
+                                         f"<{name}>", embedder_of(face_models), references[i], views.mean.shape[1:])
+                          for i, name in enumerate(names)]
+                tracker = LikenessTracker(config.likeness_every, mean_probe(probes), ema, config.likeness_patience)
+            buffers = {**ema, **(tracker.buffers() if tracker else {})}
+            start = state.load(params, optimizer, buffers) if resuming else 0
             scale = LossScale() if host.compute_dtype == torch.float16 else None
             if scale is not None:
                 scale.restore(state.extra.get("loss_scale"))
@@ -376,8 +405,12 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
 
             loss_fn = celeb_basis_loss(host, params, basis, views, templates, config, seen)
             trainer = Trainer(params, optimizer, loss_fn, host.sink, total, config.seed, 1, config.save_every,
-                              config.preview_every, state, after_step=update_ema, loss_scale=scale, buffers=ema)
+                              config.preview_every, state, after_step=update_ema, loss_scale=scale, buffers=ema,
+                              likeness=tracker)
             trainer.run(start)
+            note = keep_best(ema, tracker, config.keep_best)
+            if note:
+                host.sink.log(note)
     except BaseException as exc:
         if not isinstance(exc, AnybodyError) and is_out_of_memory(exc):
             raise out_of_memory("while preparing training") from exc
@@ -390,7 +423,8 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
             "anybody.seed": str(config.seed), "anybody.resolution": str(size), "anybody.source_images":
             run_config["images"][index], "anybody.recognizer": recognizer.describe(),
             "anybody.celeb_basis.people": ",".join(names), "anybody.note": EXPERIMENTAL.get(host.family, "Celeb Basis"),
-            **{f"anybody.celeb_basis.{k}.coefficients": _coefficients_text(c) for k, c in coefficients.items()}})
+            **{f"anybody.celeb_basis.{k}.coefficients": _coefficients_text(c) for k, c in coefficients.items()},
+            **({} if tracker is None else likeness_metadata(tracker, trainer.stopped_early_at))})
         try:
             path = identity.save(target, overwrite=True)  # checked above: absent, resumed or overwrite asked for
         except OSError as exc:
@@ -403,6 +437,18 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
     host.sink.log(f"Saved {', '.join(str(r.path) for r in results)} — write <name> (or embedding:name in ComfyUI) "
                   "in a prompt, e.g. 'a photo of <name> person'.")
     return results
+
+
+def _current_identity(ema: dict[str, torch.Tensor], basis, person: int, name: str, decay: float, device):
+    """The injection the person's file would hold if the run ended now (from the EMA); None before their first
+    update."""
+    def injection():
+        if int(ema[COUNTS][person]) == 0:
+            return None
+        coefficients = ema_coefficients(ema, person, decay, name)
+        return {f"<{name}>": {k: v.to(device) for k, v in basis.vectors(coefficients).items()}}
+
+    return injection
 
 
 def _at_512(crops: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from ..train.diffusion import denoising_loss
 from ..train.engine import StepResult, Trainer, is_out_of_memory, out_of_memory
 from ..text.names import BUNDLED_NAMES, name_columns, names_digest, read_name_file
 from ..train.loss_scale import LossScale
-from .likeness import identity_probe, kept_vectors, likeness_metadata, resolve_every
+from .likeness import embedder_of, identity_probe, keep_best, likeness_metadata, resolve_every
 from .runs import (RESULT_KEY, TrainedIdentity, continues_saved, default_resolution, discard_saved, images_digest,
                    refuse_existing, result_key, reusable)
 from ..train.state import TrainingState
@@ -169,7 +169,8 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
     against the faces of these photos. ``likeness_every`` -1 (``likeness.AUTO``): on with a face model on a GPU.
     """
     config = replace(config, likeness_every=resolve_every(config.likeness_every, config.steps, host.device,
-                                                          face_models is not None))
+                                                          face_models is not None,
+                                                          config.batch * config.grad_accum))
     name, names = check_settings(name, config, names_file)
     if config.likeness_every and face_models is None:
         raise BadInputError("The likeness curve (likeness_every > 0) needs a face model to find and compare faces: "
@@ -235,7 +236,8 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
             if config.likeness_every:
                 from ..train.likeness import LikenessTracker
 
-                probe = identity_probe(host, {word: theta}, word, face_models, references, mean.shape[1:])
+                probe = identity_probe(host, {word: theta}, word, embedder_of(face_models), references,
+                                       mean.shape[1:])
                 tracker = LikenessTracker(config.likeness_every, probe, theta, config.likeness_patience)
             start = state.load(theta, optimizer, tracker.buffers() if tracker else None) if resuming else 0
             scale = LossScale() if host.compute_dtype == torch.float16 else None
@@ -252,20 +254,20 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
             trainer = Trainer(theta, optimizer, loss_fn, host.sink, config.steps, config.seed, config.grad_accum,
                               config.save_every, config.preview_every, state, loss_scale=scale, likeness=tracker)
             trainer.run(start)
-            vectors, note = kept_vectors(theta, tracker, config.keep_best)
+            note = keep_best(theta, tracker, config.keep_best)
             if note:
                 host.sink.log(note)
     except BaseException as exc:
         if not isinstance(exc, AnybodyError) and is_out_of_memory(exc):
             raise out_of_memory("while preparing training") from exc
         raise
-    for k, v in vectors.items():  # trained vectors end near the init's scale; far beyond it, prompts drown
+    for k, v in theta.items():  # trained vectors end near the init's scale; far beyond it, prompts drown
         ratio = (v.detach().norm(dim=-1) / init[k].to(v).norm(dim=-1).clamp_min(1e-6)).max().item()
         if ratio > 10:
             host.sink.log(f"Warning: the '{k}' vectors grew to {ratio:.0f}x their initial length; such an identity "
                           "tends to override the rest of the prompt. A lower learning rate usually helps.")
     metadata = {} if tracker is None else likeness_metadata(tracker, trainer.stopped_early_at)
-    identity = Identity(name, host.family, {k: v.detach().cpu() for k, v in vectors.items()}, "cross_init", {
+    identity = Identity(name, host.family, {k: v.detach().cpu() for k, v in theta.items()}, "cross_init", {
         **metadata,
         "anybody.steps": str(config.steps), "anybody.lr": str(config.lr), "anybody.seed": str(config.seed),
         "anybody.resolution": str(config.resolution), RESULT_KEY: key,

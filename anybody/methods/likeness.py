@@ -7,7 +7,8 @@ IdentityScore scores generated images.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import math
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,27 +41,37 @@ def reference_faces(face_models, photos: Sequence) -> np.ndarray:
     return np.stack(found)
 
 
-def identity_probe(host, injections: Mapping[str, Mapping[str, torch.Tensor]], word: str, face_models,
-                   references: np.ndarray, latent_shape: Sequence[int], prompts: Sequence[str] = PROMPTS,
-                   seeds: Sequence[int] = SEEDS, steps: int = DDIM_STEPS, guidance: float = GUIDANCE):
-    """A probe for ``LikenessTracker``: render ``prompts`` (one seed each) with the current ``injections`` and score
-    the faces in the renders. ``latent_shape``: ``[C, h, w]`` of the training latents."""
+def embedder_of(face_models) -> Callable[[np.ndarray], np.ndarray]:
+    """``rgb uint8 -> [F, D]``: the unit embeddings of every face a face model finds in an image."""
+    def faces_in(rgb: np.ndarray) -> np.ndarray:
+        faces = detect_faces(face_models, rgb)
+        return embed_faces(face_models, rgb, faces) if faces else np.zeros((0, 512), np.float32)
+
+    return faces_in
+
+
+def identity_probe(host, injections, word: str, faces_in: Callable[[np.ndarray], np.ndarray], references: np.ndarray,
+                   latent_shape: Sequence[int], prompts: Sequence[str] = PROMPTS, seeds: Sequence[int] = SEEDS,
+                   steps: int = DDIM_STEPS, guidance: float = GUIDANCE):
+    """A probe for ``LikenessTracker``: render ``prompts`` (one seed each) with the current ``injections`` (a
+    mapping of live tensors, or a function giving one, or None when there is nothing to render yet) and score the
+    faces ``faces_in`` finds in the renders (``embedder_of(face_models)``, or a method's own detector and
+    recognizer). ``latent_shape``: ``[C, h, w]`` of the training latents."""
     noise = torch.cat([torch.randn((1, *latent_shape), generator=torch.Generator().manual_seed(seed))
                        for seed in seeds])
 
     def probe() -> Evaluation:
         host.sink.check_cancel()
+        current = injections() if callable(injections) else injections
+        if current is None:
+            return Evaluation(None, 0.0)
         with host.autocast():
-            cond = host.encode_prompts([p.format(word=word) for p in prompts], injections)
+            cond = host.encode_prompts([p.format(word=word) for p in prompts], current)
             uncond = host.encode_prompts([""])
         latents = ddim_sample(host, cond, uncond, noise, steps, guidance)
         host.sink.check_cancel()
         images = host.decode_differentiable(latents).permute(0, 2, 3, 1).float().cpu()
-        generated = []
-        for image in images:
-            rgb = to_uint8(image)
-            faces = detect_faces(face_models, rgb)
-            generated.append(embed_faces(face_models, rgb, faces) if faces else np.zeros((0, references.shape[1])))
+        generated = [np.asarray(faces_in(to_uint8(image))).reshape(-1, references.shape[1]) for image in images]
         report = report_from_embeddings(generated, references)
         probe.last_images = images  # what was scored, for tests and debugging
         return Evaluation(report.mean, report.face_rate)
@@ -68,18 +79,32 @@ def identity_probe(host, injections: Mapping[str, Mapping[str, torch.Tensor]], w
     return probe
 
 
-def kept_vectors(params: Mapping[str, torch.Tensor], tracker, keep_best: bool) -> tuple[dict, str]:
-    """The tensors a run's result holds: the best-scoring evaluation's when ``keep_best`` and it is not the last
-    step, else the last step's; and a log line saying which was kept when it matters."""
-    if tracker is None or not keep_best or not tracker.best_step or not tracker.history:
-        return dict(params), ""
+def mean_probe(probes: Sequence):
+    """One probe over several identities (a joint run): the mean likeness of those with a face in their renders,
+    and the mean face rate."""
+    def probe() -> Evaluation:
+        results = [p() for p in probes]
+        scored = [r.likeness for r in results if r.likeness is not None]
+        return Evaluation(float(np.mean(scored)) if scored else None,
+                          float(np.mean([r.face_rate for r in results])))
+
+    return probe
+
+
+def keep_best(tracked: Mapping[str, torch.Tensor], tracker, enabled: bool) -> str:
+    """Put the best-scoring evaluation's values back into ``tracked`` (in place) when ``enabled`` and it was not the
+    last step; returns the log line saying so ("" when the last step's values stay)."""
+    if tracker is None or not enabled or not tracker.best_step or not tracker.history:
+        return ""
     last_step, last_likeness, _ = tracker.history[-1]
     if tracker.best_step == last_step:
-        return dict(params), ""
+        return ""
+    with torch.no_grad():
+        for k, v in tracker.best.items():
+            tracked[k].copy_(v)
     last = "no face" if last_likeness is None else f"{last_likeness:.3f}"
-    return ({k: v.detach().clone() for k, v in tracker.best.items()},
-            f"Kept the vectors of step {tracker.best_step} (likeness {tracker.best_likeness:.3f}) rather than the "
-            f"last step's ({last}); turn keep_best off for the last step's.")
+    return (f"Kept step {tracker.best_step} (likeness {tracker.best_likeness:.3f}) rather than the last step "
+            f"({last}); turn keep_best off for the last step's.")
 
 
 def likeness_metadata(tracker, stopped_early_at: int | None) -> dict[str, str]:
@@ -96,16 +121,27 @@ def likeness_metadata(tracker, stopped_early_at: int | None) -> dict[str, str]:
     return meta
 
 
-#: ``likeness_every`` = AUTO: a quarter of the run on a GPU (at least 50 steps apart; always at the end), off on
-#: the CPU, where one render of two images costs minutes; off without a face model
+#: ``likeness_every`` = AUTO: on a GPU, every quarter of the run, or less often where that would cost more than
+#: ``BUDGET`` of the training time (always also at the end); off where even one evaluation would, on the CPU (where
+#: one render costs minutes) and without a face model
 AUTO = -1
+BUDGET = 0.10
+#: cost model, measured (benchmarks/likeness_bench.py, SD1.5 at 256 px on the CPU): one evaluation took 41 s and a
+#: Cross-Init step of batch 8 11.8 s, i.e. an evaluation (2 renders x 15 guided DDIM steps = 60 UNet image passes,
+#: plus decoding) costs what training 27 images costs: a training image is about 2.2 image passes
+EVALUATION_PASSES = 60
+TRAINING_PASSES_PER_IMAGE = 2.2
 
 
-def resolve_every(every: int, steps: int, device, have_faces: bool) -> int:
-    """The cadence a run uses. At a quarter of a 320-step run, 4 renders of 2 images (15 DDIM steps, guided) cost
-    about 10 training steps of batch 8: ~3 % of the run."""
+def resolve_every(every: int, steps: int, device, have_faces: bool, batch: int = 1, identities: int = 1) -> int:
+    """The cadence a run uses: ``every`` itself unless AUTO. ``batch``: images per training step; ``identities``:
+    renders per evaluation scale with the people of a joint run."""
     if every != AUTO:
         return every
     if not have_faces or torch.device(device).type == "cpu":
         return 0
-    return max(steps // 4, 50)
+    training = steps * TRAINING_PASSES_PER_IMAGE * max(batch, 1)
+    evaluations = math.floor(BUDGET * training / (EVALUATION_PASSES * identities))  # the final one included
+    if evaluations < 1:
+        return 0  # a short run (a fast preset): even the final evaluation would cost more than the budget
+    return max(steps // 4, math.ceil(steps / evaluations))

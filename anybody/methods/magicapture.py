@@ -35,7 +35,9 @@ from ..train.engine import StepResult, Trainer, is_out_of_memory, out_of_memory
 from ..train.loss_scale import LossScale
 from ..train.sink import PhaseSink
 from ..train.state import TrainingState
+from ..train.likeness import LikenessTracker
 from . import magicapture_losses as losses
+from .likeness import identity_probe, keep_best, likeness_metadata, resolve_every
 from .magicapture_identity import central_face, identity_term
 from .runs import (RESULT_KEY, continues_saved, default_resolution, discard_saved, images_digest, refuse_existing,
                    result_key, reusable)
@@ -67,6 +69,10 @@ class MagiCaptureConfig:
     save_every: int = 100
     preview_every: int = 50
     gradient_checkpointing: bool = False
+    #: beyond the paper: the likeness curve in phase 2 (see cross_init.CrossInitConfig); -1 = auto
+    likeness_every: int = 0
+    likeness_patience: int = 0
+    keep_best: bool = True
 
 
 #: "fast" is ours (the paper publishes only its full schedule): a quarter of the steps, same rates and weights
@@ -335,6 +341,9 @@ def check_settings(subject_name: str, style_name: str, config: MagiCaptureConfig
     if config.resolution != 0 and not (64 <= config.resolution <= 4096 and config.resolution % 64 == 0):
         raise BadInputError(f"resolution {config.resolution} must be a multiple of 64 from 64 to 4096 (0: the model's "
                             "own).")
+    if config.likeness_every < -1 or config.likeness_patience < 0:
+        raise BadInputError("likeness_every must be -1 (auto), 0 (off) or a number of steps; likeness_patience 0 "
+                            "or a number of evaluations.")
     return names
 
 
@@ -343,6 +352,10 @@ def train_magicapture(host: Host, subjects: Sequence[torch.Tensor], styles: Sequ
                       resume: bool = False, overwrite: bool = False, restart: bool = False) -> MagiCaptureResult:
     """Train a subject and a style together; write ``<loras>/<subject>_<style>.safetensors`` (kohya) and the two
     embeddings. Queued again with the same photos, settings and checkpoint it loads the files instead."""
+    config = replace(config, likeness_every=resolve_every(config.likeness_every, config.lora_steps, host.device,
+                                                          True))
+    if not config.likeness_every:  # without evaluations these change nothing: the same result, the same file
+        config = replace(config, likeness_patience=0, keep_best=True)
     names = check_settings(subject_name, style_name, config)
     if host.family != "sd1":
         raise WrongModelFamilyError("MagiCapture trains on SD1.x checkpoints (the paper and its code are SD1.5 "
@@ -389,13 +402,18 @@ def train_magicapture(host: Host, subjects: Sequence[torch.Tensor], styles: Sequ
         tokens = {"subject": person.clone(), "style": losses.style_token_init(host.encoders[key].width, gen)}
         if not states[1].exists():
             tokens = _phase_one(host, samples, tokens, words, key, config, states[0], total)
-        tokens, adapters = _phase_two(host, samples, tokens, words, key, config, tools, states[1], total, gen)
+        references = np.stack([reference_embedding(tools, im, _one_face(tools, im, f"subject photo {i + 1}")).numpy()
+                               for i, im in enumerate(square_photo(p, size) for p in subjects)])
+        tokens, adapters, likeness = _phase_two(host, samples, tokens, words, key, config, tools, states[1], total, gen,
+                                                references)
     except BaseException as exc:
         if not isinstance(exc, AnybodyError) and is_out_of_memory(exc):
             raise out_of_memory("while preparing training") from exc
         raise
     meta = {RESULT_KEY: run_key, "anybody.steps": f"{config.ti_steps}+{config.lora_steps}",
             "anybody.seed": str(config.seed), "anybody.resolution": str(size)}
+    if likeness:
+        meta.update(likeness)
     lora_path = lora.save_kohya(lora_target, lora.kohya_tensors(adapters["unet"], adapters["te"]), lora.kohya_metadata(
         config.rank, "sd_v1", lora_target.stem, {**meta, "anybody.method": "magicapture", "anybody.words":
                                                  " ".join(names), "anybody.strength_unet": str(STRENGTHS["unet"]),
@@ -450,8 +468,9 @@ def _phase_one(host, samples, tokens, words, key, config, state, total):
         return {k: v.detach().cpu() for k, v in params.items()}
 
 
-def _phase_two(host, samples, tokens, words, key, config, tools, state, total, gen):
-    """Phase 2: LoRA on UNet and text attention, continued inversion, refocusing and identity losses."""
+def _phase_two(host, samples, tokens, words, key, config, tools, state, total, gen, references):
+    """Phase 2: LoRA on UNet and text attention, continued inversion, refocusing and identity losses. Returns the
+    tokens, the adapters and the likeness metadata (empty without the curve)."""
     adapters = lora.for_host(host, lora.MAGICAPTURE_TARGETS, config.rank, 1.0, gen)
     tools = replace(tools, recognizer=tools.recognizer.for_training(host.device))
     skips = [0, 0]
@@ -465,21 +484,64 @@ def _phase_two(host, samples, tokens, words, key, config, tools, state, total, g
             + [{"params": [params["token.subject"], params["token.style"]], "lr": config.token_lr}],
             weight_decay=config.lora_weight_decay)
         phase = _Phase(optimizer, [config.unet_lr, config.text_lr, config.token_lr], config.lora_steps)
-        start = state.load(params, optimizer) if state.exists() else 0
         token_views = {"subject": params["token.subject"], "style": params["token.style"]}
+        tracker = None
+        if config.likeness_every:
+            injections = {words[0]: {key: token_views["subject"]}, words[1]: {key: token_views["style"]}}
+            prompts = (losses.INFERENCE_PROMPT.format(S="{word}", T=words[1]), "a photo of {word} person")
+            probe = identity_probe(host, injections, words[0], _faces_in(tools), references, samples[0].latent.shape,
+                                   prompts=prompts)
+            tracker = LikenessTracker(config.likeness_every, _at_inference_strengths(adapters, probe), params,
+                                      config.likeness_patience)
+        start = state.load(params, optimizer, tracker.buffers() if tracker else None) if state.exists() else 0
         scale = LossScale() if host.compute_dtype == torch.float16 else None
         if scale is not None:
             scale.restore(state.extra.get("loss_scale"))
         host.sink.log(f"MagiCapture phase 2 (LoRA rank {config.rank} + continued inversion): {config.lora_steps} steps"
                       + (f", resuming at step {start}" if start else ""))
         with host.cross_attention_maps(config.attention_level) as store:
-            Trainer(params, optimizer,
+            trainer = Trainer(params, optimizer,
                     phase_two_loss(host, owned(samples), token_views, words, key, phase, config, tools, skips, store),
                     PhaseSink(host.sink, config.ti_steps, total), config.lora_steps, config.seed + 1, 1,
                     config.save_every, config.preview_every, state, loss_scale=scale, before_step=phase.before_step,
                     max_grad_norm=config.max_grad_norm, sparse_grads=True,
-                    curve_title="phase 2 loss (LoRA + inversion)").run(start)
+                    curve_title="phase 2 loss (LoRA + inversion)", likeness=tracker)
+            trainer.run(start)
+        note = keep_best(params, tracker, config.keep_best)
+        if note:
+            host.sink.log(note)
     if skips[1]:
         host.sink.log(losses.log_skip_rate(skips[0], skips[1]))
-    return {k: v.detach().cpu() for k, v in token_views.items()}, adapters
+    likeness = {} if tracker is None else likeness_metadata(tracker, trainer.stopped_early_at)
+    return {k: v.detach().cpu() for k, v in token_views.items()}, adapters, likeness
+
+
+def _faces_in(tools: FaceTools):
+    """The probe's face embeddings with MagiCapture's own detector and torch recognizer (ArcFace 112 crops)."""
+    def faces_in(rgb: np.ndarray) -> np.ndarray:
+        faces = tools.detect(rgb)
+        if not faces:
+            return np.zeros((0, 512), np.float32)
+        image = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+        return np.stack([reference_embedding(tools, image, face).numpy() for face in faces])
+
+    return faces_in
+
+
+def _at_inference_strengths(adapters, probe):
+    """The probe renders what users will sample: the LoRA at the paper's UNet 0.6 / text 0.9, not training's 1.0."""
+    def at_strengths():
+        saved = []
+        for tree, strength in (("unet", STRENGTHS["unet"]), ("te", STRENGTHS["text"])):
+            for module in adapters[tree].modules():
+                if isinstance(module, lora.LoRA):
+                    saved.append((module, module.scale))
+                    module.scale = module.scale * strength
+        try:
+            return probe()
+        finally:
+            for module, scale in saved:
+                module.scale = scale
+
+    return at_strengths
 
