@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import logging
 
-from .likeness import LIKENESS_INPUTS
 from ..anybody.methods.celeb_basis import EXPERIMENTAL, CelebBasisConfig
 
 from .cross_init import BUNDLED_NAMES, _name_lists, _names_path
+from .curve_ui import curve_images
+from .likeness import LIKENESS_INPUTS
 
 _PAPER = CelebBasisConfig()
 
@@ -117,5 +118,10 @@ class AnybodyCelebBasisEmbed:
         summary = (", ".join(f"<{r.identity.name}>" for r in results) + f" -> {len(results)} file(s)" +
                    (" (already trained with these photos and settings: loaded, not retrained)" if reused else "") +
                    "; write e.g. 'a photo of <name> person' (or embedding:name) in your prompt.")
-        return {"ui": {"text": [*notes, summary]},
+        from ..anybody.methods.celeb_basis import run_name
+        from ..anybody.methods.runs import RESULT_KEY
+
+        run = run_name([r.identity.name for r in results], results[0].identity.metadata.get(RESULT_KEY, ""))
+        images = curve_images([host.state_dir() / f"{run}.loss.csv"], [f"{run}: loss"])
+        return {"ui": {"text": [*notes, summary], "images": images},
                 "result": (out_clip, [r.identity for r in results], "\n".join(str(r.path) for r in results))}

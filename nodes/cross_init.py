@@ -7,8 +7,9 @@ from ..anybody.methods.cross_init import (DEFAULT_NAMES, PRESETS, CrossInitConfi
                                           vector_stats)
 from ..anybody.methods.cross_init import preset as make_config
 
-from .likeness import LIKENESS_INPUTS
+from .curve_ui import curve_images
 from .folders import register_model_folder
+from .likeness import LIKENESS_INPUTS
 
 _PAPER = CrossInitConfig()
 NAMES_FOLDER = "celebrity_names"  # models/celebrity_names/*.txt: e.g. the paper's own wiki_names_v2.txt
@@ -128,7 +129,9 @@ class AnybodyCrossInitTrain:
         best = identity.metadata.get("anybody.likeness.best")
         if best:
             summary += f"; likeness {best} (step {identity.metadata['anybody.likeness.best_step']})"
-        return {"ui": {"text": [*warnings, summary]}, "result": (clip_with_identity(clip, identity), identity, str(path))}
+        images = curve_images([host.state_dir() / f"{identity.name}.loss.csv"], [f"{identity.name}: loss"])
+        return {"ui": {"text": [*warnings, summary], "images": images},
+                "result": (clip_with_identity(clip, identity), identity, str(path))}
 
 
 def _names_path(names_file: str) -> str:

@@ -4,10 +4,11 @@ from __future__ import annotations
 import logging
 import os
 
-from .likeness import LIKENESS_INPUTS
 from ..anybody.methods.magicapture import PRESETS, STRENGTHS, MagiCaptureConfig
 
 from .face import PARSING_FOLDER, _bisenet, _register_folders
+from .curve_ui import curve_images
+from .likeness import LIKENESS_INPUTS
 
 _PAPER = MagiCaptureConfig()
 
@@ -105,4 +106,7 @@ class AnybodyMagiCaptureLoRA:
                 + (" (already trained with these photos and settings: loaded, not retrained)" if result.reused else "")
                 + f"; prompt: 'A photo of a <{result.subject.name}> person with style <{result.style.name}>'")
         logging.info("[Anybody] %s", text)
-        return {"ui": {"text": [text]}, "result": (out_model, out_clip, str(result.lora_path))}
+        run = f"magicapture.{result.subject.name}+{result.style.name}"
+        images = curve_images([host.state_dir() / f"{run}.phase{i}.loss.csv" for i in (1, 2)],
+                              ["phase 1 loss (textual inversion)", "phase 2 loss (LoRA + inversion)"])
+        return {"ui": {"text": [text], "images": images}, "result": (out_model, out_clip, str(result.lora_path))}

@@ -90,3 +90,11 @@ def test_a_falling_loss_is_drawn_falling():
     rows, cols = np.nonzero(np.all(np.abs(chart - np.array(curve.SMOOTH)) <= 2, axis=-1))
     assert cols.size > 100, "the average is drawn"
     assert rows[cols < 60].mean() < rows[cols > 340].mean() - 40, "early steps high, late steps low"
+
+
+def test_the_csv_reads_back_as_the_curve_it_was_written_from(tmp_path):
+    losses = [0.5, 0.4, float("nan"), 0.3]
+    curve.write_csv(tmp_path / "c.csv", losses, [(2, 0.41, 1.0), (4, None, 0.0)])
+    back, likeness = curve.read_csv(tmp_path / "c.csv")
+    assert back[:2] == pytest.approx([0.5, 0.4]) and math.isnan(back[2]) and likeness == [(2, pytest.approx(0.41))]
+    assert curve.read_csv(tmp_path / "missing.csv") == ([], [])

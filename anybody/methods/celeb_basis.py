@@ -348,10 +348,7 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
         host.sink.log(f"{', '.join(names)}: already trained with these photos, settings and checkpoint; loaded the "
                       "saved files, not retrained.")
         return [TrainedIdentity(i, t, True) for i, t in zip(found, targets)]
-    run_name = "celeb_basis." + "+".join(names)
-    if len(run_name) > 120:  # ten long names would pass the file system's limit on a name
-        run_name = f"celeb_basis.{names[0]}+{len(names) - 1}_more.{key}"
-    state = TrainingState(host.state_dir(), run_name, run_config)
+    state = TrainingState(host.state_dir(), run_name(names, key), run_config)
     resuming = continues_saved([state], ", ".join(names), resume, restart)
     refuse_existing(targets, overwrite or resuming)
     if restart:
@@ -437,6 +434,14 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
     host.sink.log(f"Saved {', '.join(str(r.path) for r in results)} — write <name> (or embedding:name in ComfyUI) "
                   "in a prompt, e.g. 'a photo of <name> person'.")
     return results
+
+
+def run_name(names: Sequence[str], key: str) -> str:
+    """The name of a joint run's saved progress and curve (``<state dir>/<run name>.state.safetensors``)."""
+    name = "celeb_basis." + "+".join(names)
+    if len(name) > 120:  # ten long names would pass the file system's limit on a name
+        name = f"celeb_basis.{names[0]}+{len(names) - 1}_more.{key}"
+    return name
 
 
 def _current_identity(ema: dict[str, torch.Tensor], basis, person: int, name: str, decay: float, device):

@@ -117,3 +117,16 @@ def write_csv(path: Path, losses: Sequence[float], likeness: Sequence[tuple[int,
                 rows.writerow(row)
 
     atomic_write(path, write, overwrite=True)
+
+
+def read_csv(path: Path) -> tuple[list[float], list[tuple[int, float | None]]]:
+    """The losses and likeness points of a curve CSV (``write_csv``'s format); empty when there is none."""
+    losses, likeness = [], []
+    if not Path(path).is_file():
+        return losses, likeness
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            losses.append(float(row["loss"]))
+            if row.get("likeness"):
+                likeness.append((int(row["step"]), float(row["likeness"])))
+    return losses, likeness

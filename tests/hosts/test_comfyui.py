@@ -576,6 +576,8 @@ def test_likeness_curve_renders_with_the_training_copy_and_keeps_the_graphs_mode
     rows = (comfy_env["base"] / "output" / "anybody_training" / "likeness.loss.csv").read_text().splitlines()
     assert rows[0] == "step,loss,average,likeness,face_rate" and len(rows) == 5
     assert torch.equal(_fixed_x0(model), before), "the graph's MODEL is untouched"
+    (chart,) = out["ui"]["images"]  # the finished curve on the node, from the CSV
+    assert chart["type"] == "temp" and (comfy_env["base"] / "temp" / chart["filename"]).is_file()
 
 
 def test_sd2_v_prediction_training_and_the_sigma_to_ddpm_conversion(comfy_env):
