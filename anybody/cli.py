@@ -33,8 +33,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 def _add_likeness_options(p, needs: str = "") -> None:
     p.add_argument("--likeness-every", type=int, default=-1, metavar="N",
                    help=f"{needs}every N steps render 2 images and score them against the photos (curve in "
-                        "<out>/training_state/<name>.loss.csv); -1 (default): a quarter of the run on a GPU, off on "
-                        "the CPU; 0: off")
+                        "<out>/training_state/<name>.loss.csv); -1 (default): a quarter of the run on a GPU within 10 %% "
+                        "of the training time (so not for short runs), off on the CPU; 0: off")
     p.add_argument("--likeness-patience", type=int, default=0, metavar="K",
                    help="stop after K evaluations without a better likeness (default 0: never early)")
     p.add_argument("--last-step", action="store_true",

@@ -99,6 +99,8 @@ class AnybodyFaceRestore:
                 bar.update_absolute(i + 1, len(images))
         finally:
             net.to("cpu")
+            if parse is not None:
+                parser.to("cpu")
             mm.soft_empty_cache()
         if without_face:
             logging.warning("[Anybody] FaceRestore: no face in %d of %d image(s); those were only upscaled",

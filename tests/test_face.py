@@ -437,6 +437,14 @@ def test_copy_paste_separates_a_replicated_photo_from_the_person():
     assert report.closest[0] - report.others[0] == pytest.approx(0.0, abs=1e-12)
     assert report.closest[1] == pytest.approx(1.0) and report.others[1] == pytest.approx(refs[0] @ refs[1])
     assert report.scores[2] is None and report.face_rate == pytest.approx(2 / 3)
+    assert report.copy_paste_references == pytest.approx(0.0, abs=1e-12), "the photos are equally alike"
+    lopsided = _units([1, 0.3, 0, 0], [1, 0.3, 0.05, 0], [1, 0, 0, 0.3])  # photos 1 and 2 nearly the same
+    gaps = []
+    for i in range(3):
+        sims = sorted((lopsided[j] @ lopsided[i] for j in range(3) if j != i), reverse=True)
+        gaps.append(sims[0] - sims[1])
+    assert report_from_embeddings([], lopsided).copy_paste_references == pytest.approx(np.mean(gaps))
+    assert report_from_embeddings([], lopsided[:2]).copy_paste_references is None
     # in an image of two people the face most like the person is the one measured
     stranger = _units([0, 1, 0, 0])
     report = report_from_embeddings([np.concatenate([stranger, person])], refs)

@@ -1,6 +1,7 @@
 """The likeness curve: cadence, the kept best step, early stop on a plateau, exact resume, DDIM parity, and the
 Cross-Init run that renders and scores its identity with real face models."""
 import json
+from dataclasses import replace
 import math
 import sys
 from pathlib import Path
@@ -261,3 +262,33 @@ def test_auto_cadence_stays_within_the_budget(steps, batch, people):
     assert likeness.resolve_every(7, steps, "cpu", False) == 7
     assert (likeness.resolve_every(likeness.AUTO, 320, "cuda", True, 8), likeness.resolve_every(
         likeness.AUTO, 25, "cuda", True, 8)) == (80, 0), "paper-320: every 80 steps; fast-25: off"
+
+
+def test_slow_steady_gains_are_not_a_plateau():
+    values = iter([0.5 + 0.004 * i for i in range(10)])
+    tracker = LikenessTracker(1, lambda: Evaluation(next(values), 1.0), {"w": torch.zeros(1)}, patience=2,
+                              min_delta=0.005)
+    for step in range(1, 11):
+        tracker.evaluate(step)
+        assert not tracker.plateaued(), f"gains add up to more than min_delta (step {step})"
+    flat = iter([0.5, 0.501, 0.502, 0.503])
+    tracker = LikenessTracker(1, lambda: Evaluation(next(flat), 1.0), {"w": torch.zeros(1)}, patience=2,
+                              min_delta=0.005)
+    stops = []
+    for step in range(1, 5):
+        tracker.evaluate(step)
+        stops.append(tracker.plateaued())
+    assert stops == [False, False, True, True] and tracker.best_step == 4, "the best is still the highest"
+
+
+def test_likeness_options_that_change_nothing_keep_the_result_reusable(host):
+    """Off (or auto on the CPU), the likeness options are not part of the result key: files trained before the
+    curve existed, or with other such options, are still found and not retrained."""
+    from anybody.methods import cross_init as ci
+
+    photos = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(1))
+    base = ci.CrossInitConfig(steps=1, batch=1, resolution=64, save_every=0, preview_every=0)
+    first = ci.train_cross_init(host, photos, "keyed", base)
+    assert not first.reused
+    for changed in (replace(base, likeness_every=-1), replace(base, likeness_patience=3, keep_best=False)):
+        assert ci.train_cross_init(host, photos, "keyed", changed).reused

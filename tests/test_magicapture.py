@@ -230,27 +230,36 @@ def test_phase_two_previews_show_the_composed_prompt(host, tools, photos, monkey
     assert all("<pv>" in prompts[i][0] and "<pvs>" in prompts[i][0] for i in (3, 5))
 
 
-def test_likeness_curve_in_phase_two_renders_the_composed_prompt_and_keeps_the_best_step(host, tools, photos):
+def test_likeness_curve_in_phase_two_renders_the_composed_prompt_and_keeps_the_best_step(host, tools, photos,
+                                                                                          monkeypatch):
     import json
 
     from safetensors import safe_open
 
+    from anybody.train.likeness import Evaluation
+
     subjects, styles = photos
     config = replace(FAST, likeness_every=1)
-    best = mc.train_magicapture(host, subjects, styles, tools, "lk_sub", "lk_sty", config)
-    with safe_open(str(best.subject_path), "pt") as f:
+    real = mc.train_magicapture(host, subjects, styles, tools, "lk_sub", "lk_sty", config)
+    with safe_open(str(real.subject_path), "pt") as f:
         meta = f.metadata()
     curve = json.loads(meta["anybody.likeness.curve"])
     assert [point[0] for point in curve] == [1, 2, 3] and all(point[2] == 1.0 for point in curve), "a face each time"
-    best_step = int(meta["anybody.likeness.best_step"])
     assert float(meta["anybody.likeness.best"]) == pytest.approx(max(point[1] for point in curve), abs=1e-4)
-    last = mc.train_magicapture(host, subjects, styles, tools, "lk_sub2", "lk_sty2", replace(config, keep_best=False))
+
+    # a probe whose best is step 1: the saved LoRA must then be step 1's, not the last step's
+    def falling(*args, **kwargs):
+        values = iter([0.9, 0.5, 0.2])
+        return lambda: Evaluation(next(values), 1.0)
+
+    monkeypatch.setattr(mc, "identity_probe", falling)
+    best = mc.train_magicapture(host, subjects, styles, tools, "lk_sub2", "lk_sty2", config)
+    last = mc.train_magicapture(host, subjects, styles, tools, "lk_sub3", "lk_sty3", replace(config, keep_best=False))
     kept, final = lora.read_kohya(best.lora_path), lora.read_kohya(last.lora_path)
-    same = all(torch.equal(kept[n][0], final[n][0]) and torch.equal(kept[n][1], final[n][1]) for n in kept)
-    # the schedule's last update has rate 0 (spec §4): steps 2 and 3 end with the same weights
-    assert same == (best_step >= 2), "the best step's LoRA is saved, the last step's only when it is the best"
+    assert not all(torch.equal(kept[n][1], final[n][1]) for n in kept), "step 1's LoRA, not the last step's"
+    assert not torch.equal(best.subject.vectors["clip_l"], last.subject.vectors["clip_l"])
     with safe_open(str(best.lora_path), "pt") as f:
-        assert f.metadata()["anybody.likeness.best_step"] == str(best_step)
+        assert f.metadata()["anybody.likeness.best_step"] == "1"
 
 
 def test_likeness_renders_at_the_papers_inference_strengths():

@@ -49,7 +49,7 @@ LIKENESS_CONTROLS = ("likeness_every", "likeness_patience", "keep_best")
 def _likeness_controls(gr, prefix: str):
     """The likeness-curve controls every training section has (the face model scores the renders)."""
     with gr.Row():
-        every = gr.Number(label="likeness_every (-1: auto, a quarter of the run on a GPU; 0: off)", value=-1,
+        every = gr.Number(label="likeness_every (-1: auto, a quarter of the run on a GPU within 10 % of the time; 0: off)", value=-1,
                           precision=0, elem_id=f"{ELEM}_{prefix}likeness_every")
         patience = gr.Number(label="likeness_patience (stop after N evaluations without gain; 0: never)", value=0,
                              precision=0)

@@ -27,14 +27,19 @@ class IdentityReport:
     face). ``baseline``: the same statistic for each reference photo against the mean of the *other* references
     (leave-one-out): how alike the person's own photos are, the ceiling a generation can be expected to reach.
     ``closest``/``others``: per image, the cosine to the single most similar reference photo and the mean cosine to
-    the remaining ones; their gap is the copy-paste indicator: near zero a generation resembles the person, a clear
-    gap means it resembles one particular photo (a replicated training image)."""
+    the remaining ones; their mean gap is the copy-paste indicator. It is positive by construction (the closest
+    photo is the most similar one), so it is read against ``copy_paste_references``, the same gap among the photos
+    themselves (each against the others; 3+ photos): a new photo of the person shows about that gap, a generation
+    that replicates one photo a clearly larger one. ``baseline`` compares each photo with the mean of the other
+    N-1; generations are compared with the mean of all N, which sits a little closer to any face of the person,
+    so with few photos a genuine likeness can score slightly above the baseline."""
 
     scores: list[Optional[float]]
     closest: list[Optional[float]]
     others: list[Optional[float]]
     baseline: Optional[float]
     references: int
+    copy_paste_references: Optional[float] = None
 
     @property
     def found(self) -> list[float]:
@@ -56,8 +61,8 @@ class IdentityReport:
 
     def as_dict(self) -> dict:
         return {"mean": self.mean, "scores": self.scores, "baseline": self.baseline, "face_rate": self.face_rate,
-                "copy_paste": self.copy_paste, "closest": self.closest, "others": self.others,
-                "references": self.references}
+                "copy_paste": self.copy_paste, "copy_paste_references": self.copy_paste_references,
+                "closest": self.closest, "others": self.others, "references": self.references}
 
 
 def report_from_embeddings(generated: Sequence[np.ndarray], references: np.ndarray) -> IdentityReport:
@@ -68,6 +73,11 @@ def report_from_embeddings(generated: Sequence[np.ndarray], references: np.ndarr
     mean = _unit(references.mean(axis=0))
     baseline = (float(np.mean([_unit(np.delete(references, i, axis=0).mean(axis=0)) @ references[i]
                                for i in range(n)])) if n >= 2 else None)
+    reference_gaps = []
+    for i in range(n if n >= 3 else 0):  # each photo as if it were a generation, against the others
+        to_others = np.delete(references, i, axis=0) @ references[i]
+        best = int(np.argmax(to_others))
+        reference_gaps.append(float(to_others[best] - np.delete(to_others, best).mean()))
     scores, closest, others = [], [], []
     for faces in generated:
         faces = np.asarray(faces, dtype=np.float64).reshape(-1, references.shape[1])
@@ -81,7 +91,8 @@ def report_from_embeddings(generated: Sequence[np.ndarray], references: np.ndarr
         best = int(np.argmax(to_each))
         closest.append(float(to_each[best]))
         others.append(float(np.delete(to_each, best).mean()) if n >= 2 else None)
-    return IdentityReport(scores, closest, others, baseline, n)
+    return IdentityReport(scores, closest, others, baseline, n,
+                          float(np.mean(reference_gaps)) if reference_gaps else None)
 
 
 def identity_report(models: FaceModels, images: Sequence, references: Sequence) -> IdentityReport:
@@ -106,8 +117,10 @@ def summarize(report: IdentityReport) -> str:
     if report.baseline is not None:
         lines.append(f"baseline {report.baseline:.3f}: the {report.references} reference photos to each other "
                      "(leave-one-out); a score near it is as alike as the person's own photos")
+        own = report.copy_paste_references
         lines.append(f"copy-paste {report.copy_paste:+.3f}: similarity to the closest reference photo minus to the "
-                     "others; near 0 = the person, clearly above 0 = one photo replicated")
+                     "others" + (f"; the photos among themselves: {own:+.3f} (clearly above that = one photo "
+                                 "replicated)" if own is not None else "; 3+ reference photos give its yardstick"))
     else:
         lines.append("connect 2 or more reference photos for the baseline and the copy-paste indicator")
     return "\n".join(lines)

@@ -34,8 +34,8 @@ from ..train.loss_scale import LossScale
 from ..train.state import TrainingState
 from .celeb_space import N_COMPONENTS, N_TOKENS, ROW_MODES, CelebBasis, load_or_build, tensor_digest
 from ..train.likeness import LikenessTracker
-from .likeness import (embedder_of, identity_probe, keep_best, likeness_metadata, mean_probe, reference_faces,
-                       resolve_every)
+from .likeness import (can_score, embedder_of, identity_probe, keep_best, likeness_metadata, likeness_settings,
+                       mean_probe, reference_faces, resolve_every, without_likeness)
 from .runs import (RESULT_KEY, TrainedIdentity, continues_saved, default_resolution, discard_saved, images_digest,
                    refuse_existing, result_key, reusable)
 
@@ -321,15 +321,13 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
 
     ``face_models`` scores the likeness curve's renders (``config.likeness_every``) against each person's crops.
     """
-    config = replace(config, likeness_every=resolve_every(config.likeness_every, config.steps * len(people),
-                                                          host.device, face_models is not None, config.batch,
-                                                          len(people)))
     names, celeb_names = check_settings([p.name for p in people], config, names_file)
-    if config.likeness_every and face_models is None:
-        raise BadInputError("The likeness curve (likeness_every > 0) needs a face model to find and compare faces: "
-                            "connect FaceModelLoader, or set likeness_every to 0.")
-    if not config.likeness_every:  # without evaluations these change nothing: the same result, the same file
-        config = replace(config, likeness_patience=0, keep_best=True)
+    requested = config.likeness_every
+    config = replace(config, likeness_every=resolve_every(requested, config.steps * len(people), host.device,
+                                                          can_score(face_models), config.batch, len(people)))
+    if config.likeness_every and not can_score(face_models):
+        raise BadInputError("The likeness curve (likeness_every > 0) needs a face model that finds and recognises "
+                            "faces: connect FaceModelLoader, or set likeness_every to 0.")
     for person in people:
         if not person.faces:
             raise BadInputError(f"No face photos were given for '{person.name}'.")
@@ -339,9 +337,11 @@ def train_celeb_basis(host: Host, people: Sequence[Person], recognizer: FaceReco
     faces = [[_square(f, size) for f in person.faces] for person in people]
     people = [Person(n, f) for n, f in zip(names, faces)]
     targets = [host.embeddings_dir() / f"{n}.safetensors" for n in names]
-    run_config = {**asdict(config), "method": "celeb_basis", "family": host.family, "people": names,
-                  "images": [images_digest(torch.stack(f)) for f in faces], "names": names_digest(celeb_names),
-                  "recognizer": recognizer_digest(recognizer)}
+    run_config = {**without_likeness(asdict(config)), "method": "celeb_basis", "family": host.family,
+                  "people": names, "images": [images_digest(torch.stack(f)) for f in faces],
+                  "names": names_digest(celeb_names), "recognizer": recognizer_digest(recognizer),
+                  **likeness_settings(requested, config.likeness_every, config.likeness_patience, config.keep_best,
+                                      face_models.describe() if config.likeness_every else "")}
     key = result_key(run_config, host.fingerprint())
     found = [reusable(t, key) for t in targets]
     if all(identity is not None for identity in found):

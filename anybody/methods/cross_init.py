@@ -25,7 +25,8 @@ from ..train.diffusion import denoising_loss
 from ..train.engine import StepResult, Trainer, is_out_of_memory, out_of_memory
 from ..text.names import BUNDLED_NAMES, name_columns, names_digest, read_name_file
 from ..train.loss_scale import LossScale
-from .likeness import embedder_of, identity_probe, keep_best, likeness_metadata, resolve_every
+from .likeness import (can_score, embedder_of, identity_probe, keep_best, likeness_metadata, likeness_settings,
+                       resolve_every, without_likeness)
 from .runs import (RESULT_KEY, TrainedIdentity, continues_saved, default_resolution, discard_saved, images_digest,
                    refuse_existing, result_key, reusable)
 from ..train.state import TrainingState
@@ -168,13 +169,14 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
     ``face_models`` (an insightface pack) is needed for ``config.likeness_every``: the likeness curve scores renders
     against the faces of these photos. ``likeness_every`` -1 (``likeness.AUTO``): on with a face model on a GPU.
     """
-    config = replace(config, likeness_every=resolve_every(config.likeness_every, config.steps, host.device,
-                                                          face_models is not None,
-                                                          config.batch * config.grad_accum))
     name, names = check_settings(name, config, names_file)
-    if config.likeness_every and face_models is None:
-        raise BadInputError("The likeness curve (likeness_every > 0) needs a face model to find and compare faces: "
-                            "connect FaceModelLoader (command line: --face-pack), or set likeness_every to 0.")
+    requested = config.likeness_every
+    config = replace(config, likeness_every=resolve_every(requested, config.steps, host.device,
+                                                          can_score(face_models), config.batch * config.grad_accum))
+    if config.likeness_every and not can_score(face_models):
+        raise BadInputError("The likeness curve (likeness_every > 0) needs a face model that finds and recognises "
+                            "faces: connect FaceModelLoader (command line: --face-pack), or FaceModelFromMediaPipe "
+                            "with a recognizer; or set likeness_every to 0.")
     init_digest = None
     if init_identity is not None:
         init_identity.require_family(host.family)
@@ -190,10 +192,10 @@ def train_cross_init(host: Host, images, name: str, config: CrossInitConfig = Cr
         config = replace(config, resolution=default_resolution(host))
     pixels = square_batch(images, config.resolution, config.center_crop)
     target = host.embeddings_dir() / f"{name}.safetensors"
-    if not config.likeness_every:  # without evaluations these change nothing: the same result, the same file
-        config = replace(config, likeness_patience=0, keep_best=True)
-    run_config = {**asdict(config), "method": "cross_init", "family": host.family, "images": images_digest(pixels),
-                  "names": names_digest(names)}
+    run_config = {**without_likeness(asdict(config)), "method": "cross_init", "family": host.family,
+                  "images": images_digest(pixels), "names": names_digest(names),
+                  **likeness_settings(requested, config.likeness_every, config.likeness_patience, config.keep_best,
+                                      face_models.describe() if config.likeness_every else "")}
     if init_digest:
         run_config["init_identity"] = init_digest
     key = result_key(run_config, host.fingerprint())

@@ -80,12 +80,12 @@ def identity_probe(host, injections, word: str, faces_in: Callable[[np.ndarray],
 
 
 def mean_probe(probes: Sequence):
-    """One probe over several identities (a joint run): the mean likeness of those with a face in their renders,
-    and the mean face rate."""
+    """One probe over several identities (a joint run): the mean likeness, defined only when every identity has
+    a face in its renders (a step where someone is missing must never become the kept one), and the mean face rate."""
     def probe() -> Evaluation:
         results = [p() for p in probes]
-        scored = [r.likeness for r in results if r.likeness is not None]
-        return Evaluation(float(np.mean(scored)) if scored else None,
+        scored = [r.likeness for r in results]
+        return Evaluation(None if any(v is None for v in scored) else float(np.mean(scored)),
                           float(np.mean([r.face_rate for r in results])))
 
     return probe
@@ -131,6 +131,29 @@ BUDGET = 0.10
 #: plus decoding) costs what training 27 images costs: a training image is about 2.2 image passes
 EVALUATION_PASSES = 60
 TRAINING_PASSES_PER_IMAGE = 2.2
+
+
+def can_score(face_models) -> bool:
+    """A face model that can both find and recognise faces (a MediaPipe one without a recognizer cannot)."""
+    return face_models is not None and (getattr(face_models, "embedder", None) is not None
+                                        or getattr(face_models, "recognizer", None) is not None)
+
+
+def likeness_settings(requested: int, resolved: int, patience: int, keep: bool, scorer: str) -> dict:
+    """What of the likeness options goes into a run's result key: nothing when no evaluation runs (so results made
+    before the curve existed are still found), else the request as given (a resume with more steps may move an
+    auto cadence) and the face model that scores."""
+    if not resolved:
+        return {}
+    return {"likeness_every": requested, "likeness_patience": patience, "keep_best": keep, "likeness_faces": scorer}
+
+
+LIKENESS_FIELDS = ("likeness_every", "likeness_patience", "keep_best")
+
+
+def without_likeness(settings: Mapping) -> dict:
+    """A config's fields less the likeness options (``likeness_settings`` says what of those counts)."""
+    return {k: v for k, v in settings.items() if k not in LIKENESS_FIELDS}
 
 
 def resolve_every(every: int, steps: int, device, have_faces: bool, batch: int = 1, identities: int = 1) -> int:

@@ -37,7 +37,8 @@ from ..train.sink import PhaseSink
 from ..train.state import TrainingState
 from ..train.likeness import LikenessTracker
 from . import magicapture_losses as losses
-from .likeness import identity_probe, keep_best, likeness_metadata, resolve_every
+from .likeness import (identity_probe, keep_best, likeness_metadata, likeness_settings, resolve_every,
+                       without_likeness)
 from .magicapture_identity import central_face, identity_term
 from .runs import (RESULT_KEY, continues_saved, default_resolution, discard_saved, images_digest, refuse_existing,
                    result_key, reusable)
@@ -352,11 +353,9 @@ def train_magicapture(host: Host, subjects: Sequence[torch.Tensor], styles: Sequ
                       resume: bool = False, overwrite: bool = False, restart: bool = False) -> MagiCaptureResult:
     """Train a subject and a style together; write ``<loras>/<subject>_<style>.safetensors`` (kohya) and the two
     embeddings. Queued again with the same photos, settings and checkpoint it loads the files instead."""
-    config = replace(config, likeness_every=resolve_every(config.likeness_every, config.lora_steps, host.device,
-                                                          True))
-    if not config.likeness_every:  # without evaluations these change nothing: the same result, the same file
-        config = replace(config, likeness_patience=0, keep_best=True)
     names = check_settings(subject_name, style_name, config)
+    requested = config.likeness_every
+    config = replace(config, likeness_every=resolve_every(requested, config.lora_steps, host.device, True))
     if host.family != "sd1":
         raise WrongModelFamilyError("MagiCapture trains on SD1.x checkpoints (the paper and its code are SD1.5 "
                                     "only); load an SD1.5-family checkpoint.")
@@ -375,7 +374,10 @@ def train_magicapture(host: Host, subjects: Sequence[torch.Tensor], styles: Sequ
     run_name = f"magicapture.{names[0]}+{names[1]}"
     lora_target = host.loras_dir() / f"{names[0]}_{names[1]}.safetensors"
     targets = [host.embeddings_dir() / f"{n}.safetensors" for n in names]
-    run_config = {**asdict(config), "method": "magicapture", "family": host.family, "names": list(names),
+    run_config = {**without_likeness(asdict(config)), "method": "magicapture", "family": host.family,
+                  "names": list(names),
+                  **likeness_settings(requested, config.likeness_every, config.likeness_patience, config.keep_best,
+                                      tools.signature),
                   "subjects": images_digest(torch.stack([square_photo(p, size) for p in subjects])),
                   "styles": images_digest(torch.stack([square_photo(p, size) for p in styles])),
                   "recognizer": tools.recognizer.name, "face_tools": tools.signature}
@@ -402,8 +404,9 @@ def train_magicapture(host: Host, subjects: Sequence[torch.Tensor], styles: Sequ
         tokens = {"subject": person.clone(), "style": losses.style_token_init(host.encoders[key].width, gen)}
         if not states[1].exists():
             tokens = _phase_one(host, samples, tokens, words, key, config, states[0], total)
-        references = np.stack([reference_embedding(tools, im, _one_face(tools, im, f"subject photo {i + 1}")).numpy()
-                               for i, im in enumerate(square_photo(p, size) for p in subjects)])
+        references = None if not config.likeness_every else np.stack([
+            reference_embedding(tools, im, _one_face(tools, im, f"subject photo {i + 1}")).numpy()
+            for i, im in enumerate(square_photo(p, size) for p in subjects)])
         tokens, adapters, likeness = _phase_two(host, samples, tokens, words, key, config, tools, states[1], total, gen,
                                                 references)
     except BaseException as exc:

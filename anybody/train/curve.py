@@ -93,11 +93,12 @@ def render(losses: Sequence[float], total_steps: int, width: int = 512, height: 
 
 def beside(preview: torch.Tensor, chart_of_width) -> torch.Tensor:
     """``preview [H,W,3]`` with the chart (drawn at the preview's width by ``chart_of_width(width)``) below it."""
+    preview = preview.cpu()
     chart = chart_of_width(max(int(preview.shape[1]), 256)).to(preview.dtype)
     if chart.shape[1] != preview.shape[1]:
         pad = torch.zeros(preview.shape[0], chart.shape[1] - preview.shape[1], 3, dtype=preview.dtype)
         preview = torch.cat([preview, pad], dim=1)
-    return torch.cat([preview.cpu(), chart], dim=0)
+    return torch.cat([preview, chart], dim=0)
 
 
 def write_csv(path: Path, losses: Sequence[float], likeness: Sequence[tuple[int, float | None, float]] = ()) -> None:

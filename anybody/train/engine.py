@@ -101,7 +101,7 @@ class Trainer:
                     self.history.append(total)
                 if self.likeness is not None and self.likeness.due(done, self.steps):
                     self.sink.log(self.likeness.describe(self.likeness.evaluate(done), done))
-                    if self.likeness.plateaued():
+                    if self.likeness.plateaued() and done < self.steps:
                         self.stopped_early_at = done
                 show = preview if (preview is not None and self.preview_every and self.sink.shows_previews and
                                    (done % self.preview_every == 0 or done == self.steps)) else None
@@ -143,7 +143,8 @@ class Trainer:
         evaluated = {step for step, _, _ in self.likeness.history}
         if self.likeness.due(start_step, self.steps) and start_step not in evaluated:
             self.sink.log(self.likeness.describe(self.likeness.evaluate(start_step), start_step))
-        return self.likeness.plateaued()
+        return self.likeness.plateaued() and start_step < self.steps
+
     def step_gradients(self, step: int) -> tuple[float, Optional[Callable[[], torch.Tensor]]]:
         """Leave the (unscaled) gradients of ``step`` in ``.grad``; an overflowing loss scale is lowered and the
         step computed again. Returns the step's loss and its lazy preview."""

@@ -36,7 +36,8 @@ class LikenessTracker:
     history: list[tuple[int, Optional[float], float]] = field(default_factory=list)
     best_step: int = 0
     best_likeness: float = -math.inf
-    last_improvement: int = 0  # the step of the last evaluation that beat the best by min_delta
+    last_improvement: int = 0  # the step of the last evaluation that beat ``reference`` by min_delta
+    reference: float = -math.inf  # the likeness of that evaluation: small gains add up against it, as in Keras
     seconds: float = 0.0  # time spent evaluating in this run
 
     def __post_init__(self) -> None:
@@ -53,9 +54,9 @@ class LikenessTracker:
             result = self.probe()
         self.seconds += time.perf_counter() - began
         self.history.append((done, result.likeness, result.face_rate))
+        if result.likeness is not None and result.likeness >= self.reference + self.min_delta:
+            self.reference, self.last_improvement = result.likeness, done
         if result.likeness is not None and result.likeness > self.best_likeness:
-            if result.likeness >= self.best_likeness + self.min_delta:
-                self.last_improvement = done
             self.best_likeness, self.best_step = result.likeness, done
             for k, v in self.tracked.items():  # in place: the engine saves these very tensors
                 self.best[k].copy_(v.detach())
@@ -80,7 +81,8 @@ class LikenessTracker:
     def state(self) -> dict:
         return {"history": [list(h) for h in self.history], "best_step": self.best_step,
                 "best_likeness": None if self.best_step == 0 else self.best_likeness,
-                "last_improvement": self.last_improvement}
+                "last_improvement": self.last_improvement,
+                "reference": None if self.reference == -math.inf else self.reference}
 
     def restore(self, saved: Optional[dict]) -> None:
         """Continue the saved curve; the kept tensors themselves were restored with the buffers."""
@@ -90,3 +92,4 @@ class LikenessTracker:
         self.best_step = int(saved.get("best_step", 0))
         self.best_likeness = -math.inf if saved.get("best_likeness") is None else float(saved["best_likeness"])
         self.last_improvement = int(saved.get("last_improvement", 0))
+        self.reference = -math.inf if saved.get("reference") is None else float(saved["reference"])
