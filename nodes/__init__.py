@@ -6,6 +6,7 @@ from .face import (AnybodyFaceAlign, AnybodyFaceModelFromMediaPipe, AnybodyFaceM
                    AnybodyFaceRecognizerLoader, AnybodyIdentityScore, comfy_has_mediapipe)
 from .magicapture import AnybodyMagiCaptureLoRA
 from .restore import AnybodyFaceRestore
+from .rig import AnybodyRigAssetsLoader, AnybodyRigModelLoader, AnybodyRigPersonalize, AnybodyRigRender
 
 NODE_CLASS_MAPPINGS = {
     "AnybodyCrossInitTrain": AnybodyCrossInitTrain,
@@ -19,6 +20,10 @@ NODE_CLASS_MAPPINGS = {
     "AnybodyCelebBasisEmbed": AnybodyCelebBasisEmbed,
     "AnybodyMagiCaptureLoRA": AnybodyMagiCaptureLoRA,
     "AnybodyFaceRestore": AnybodyFaceRestore,
+    "AnybodyRigAssetsLoader": AnybodyRigAssetsLoader,
+    "AnybodyRigModelLoader": AnybodyRigModelLoader,
+    "AnybodyRigRender": AnybodyRigRender,
+    "AnybodyRigPersonalize": AnybodyRigPersonalize,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "AnybodyCrossInitTrain": "CrossInitTrain (Anybody)",
@@ -32,6 +37,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AnybodyCelebBasisEmbed": "CelebBasisEmbed (Anybody)",
     "AnybodyMagiCaptureLoRA": "MagiCaptureLoRA (Anybody)",
     "AnybodyFaceRestore": "FaceRestore CodeFormer (Anybody)",
+    "AnybodyRigAssetsLoader": "RigAssetsLoader (Anybody)",
+    "AnybodyRigModelLoader": "RigModelLoader (Anybody)",
+    "AnybodyRigRender": "RigRender (Anybody)",
+    "AnybodyRigPersonalize": "RigPersonalize (Anybody)",
 }
 
 if comfy_has_mediapipe():  # the node needs ComfyUI's own MediaPipe loader; on older releases it would be a dead end

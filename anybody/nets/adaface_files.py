@@ -7,16 +7,14 @@ safetensors read. Arc2Face's encoder is an ordinary ``CLIPTextModel`` state dict
 """
 from __future__ import annotations
 
-import hashlib
-import logging
 from pathlib import Path
 
 import torch
 
 from ..errors import ModelFileError
-from ..files import atomic_write
 from ..methods.adaface import EOS, NUM_VECTORS, ROWS, AdaFaceEncoder
 from .clip_text import ClipTextTransformer
+from .converted import cache_path, converted_tensors  # noqa: F401  (cache_path: where the cache goes)
 from .pickle_stubs import Stub, attribute, load_stubbed, module_tensors
 from .weights import read_state_dict
 
@@ -24,58 +22,15 @@ ADAFACE_FILE = "subjects-celebrity2024-05-16T17-22-46_zero3-ada-30000.pt"
 ADAFACE_SOURCE = "the Hugging Face model repo adaface-neurips/adaface (MIT)"
 ARC2FACE_SOURCE = "the Hugging Face model repo FoivosPar/Arc2Face, folder encoder/ (config.json, pytorch_model.bin)"
 P2T = "prompt2token_proj."
-log = logging.getLogger("anybody")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def cache_path(source: Path) -> Path:
-    return source.with_name(source.name + ".anybody.safetensors")
 
 
 def subject_generator_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """The subject generator's tensors (``prompt2token_proj.text_model.*``, ``hidden_state_layer_weights``,
     ``pad_embeddings`` ...), from the cache when it matches the file, else from the pickle (and cached)."""
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"AdaFace checkpoint not found: {path}. Get {ADAFACE_FILE} from {ADAFACE_SOURCE}.")
-    stat, cache = path.stat(), cache_path(path)
-    # ctime too: copies that keep mtime (cp -p, rsync -a) cannot keep it, so other content under the same size and
-    # mtime is hashed, not trusted
-    stamp = {"source_size": str(stat.st_size), "source_mtime_ns": str(stat.st_mtime_ns),
-             "source_ctime_ns": str(stat.st_ctime_ns), "source_inode": str(stat.st_ino)}
-    sha, tensors = None, None
-    if cache.is_file():
-        try:
-            with safe_open(str(cache), framework="pt") as f:
-                meta = f.metadata() or {}
-                same = all(meta.get(k) == v for k, v in stamp.items())
-                if not same and meta.get("source_size") == stamp["source_size"]:
-                    sha = _sha256(path)  # touched, copied or replaced: the content decides
-                    if meta.get("source_sha256") == sha:
-                        tensors = {k: f.get_tensor(k) for k in f.keys()}  # same content: re-stamp below
-                if same:
-                    return {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:  # a damaged cache is rebuilt, not trusted
-            log.warning("[Anybody] ignoring the unreadable AdaFace cache %s (%s)", cache, exc)
-    if tensors is None:
-        tensors = _from_pickle(path)
-    meta = {**stamp, "source_sha256": sha or _sha256(path), "source_name": path.name}
-    try:
-        atomic_write(cache, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta),
-                     overwrite=True)
-    except OSError as exc:  # a read-only model folder: work from memory, convert again next time
-        log.warning("[Anybody] could not cache the converted AdaFace weights at %s (%s)", cache, exc)
-    return tensors
+    return converted_tensors(path, _from_pickle, "AdaFace weights")
 
 
 def _from_pickle(path: Path) -> dict[str, torch.Tensor]:

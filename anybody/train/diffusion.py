@@ -37,6 +37,27 @@ def eps_from(prediction: str, x_t: torch.Tensor, pred: torch.Tensor, a: torch.Te
     return (1 - a).sqrt() * x_t + a.sqrt() * pred
 
 
+def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The noise that takes ``x0`` to ``x_t`` at ᾱ ``a``: re-derived after x0 is clipped, as guided-diffusion does."""
+    return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+
+def ddim_step(x0: torch.Tensor, eps: torch.Tensor, a_prev: torch.Tensor) -> torch.Tensor:
+    """Deterministic DDIM (eta 0): the next, less noisy sample from the predicted clean image and noise."""
+    return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+
+
+def linear_alphas_cumprod(steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """ᾱ_t of the DDPM paper's linear beta schedule (pixel-space models such as DiffusionRig), in float64."""
+    return torch.cumprod(1 - torch.linspace(beta_start, beta_end, steps, dtype=torch.float64), 0)
+
+
+def p2_weight(a: torch.Tensor, k: float = 1.0, gamma: float = 1.0) -> torch.Tensor:
+    """Perception-prioritised loss weight ``1 / (k + SNR)^gamma`` (Choi et al. 2022); with k = gamma = 1 it is
+    ``1 − ᾱ``: the least noisy steps, which only polish details, count least."""
+    return 1 / (k + a / (1 - a)) ** gamma
+
+
 def denoising_loss(host, z0: torch.Tensor, encode: Callable[[torch.Generator], object],
                    gen: torch.Generator) -> StepResult:
     """The plain diffusion loss of one batch: ``t ~ U{0..T-1}``, ``eps ~ N(0, I)``, MSE of the host UNet's output

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .diffusion import eps_from, x0_from
+from .diffusion import ddim_step, eps_from, x0_from
 
 
 def ddim_timesteps(steps: int, total: int = 1000) -> list[int]:
@@ -45,5 +45,5 @@ def ddim_sample(host, cond, uncond, noise: torch.Tensor, steps: int = 15, guidan
         pred = plain + guidance * (guided - plain)
         x0 = x0_from(host.prediction, x, pred, a)
         eps = eps_from(host.prediction, x, pred, a)
-        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+        x = ddim_step(x0, eps, a_prev)
     return x

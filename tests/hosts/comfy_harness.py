@@ -49,6 +49,8 @@ def start_comfy(comfy_dir: str | Path, base: Path, flags: list[str], as_launched
     folder_paths.add_model_folder_path("facerestore_models", str(base / "facerestore_models"))
     folder_paths.add_model_folder_path("detection", str(base / "detection"))  # ComfyUI's MediaPipe face model
     folder_paths.add_model_folder_path("celebrity_names", str(base / "celebrity_names"))
+    for rig_folder in ("diffusionrig", "flame", "deca"):  # DiffusionRig's files (RigRender)
+        folder_paths.add_model_folder_path(rig_folder, str(base / rig_folder))
     import execution
     import nodes
     import server

@@ -1,0 +1,1 @@
+"""DiffusionRig: FLAME/DECA physical buffers and the personalised pixel-diffusion model."""
