@@ -424,6 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     ada.add_argument("--out", default="anybody_out", help="output folder (default anybody_out)")
     ada.add_argument("--overwrite", action="store_true", help="replace an embedding of that name")
     ada.set_defaults(func=cmd_adaface)
+    from .cli_rig import add_rig_parser
+
+    add_rig_parser(sub)
     return parser
 
 

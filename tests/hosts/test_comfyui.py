@@ -1072,69 +1072,35 @@ def _comfy_mediapipe_model(path: Path):
 
 
 def test_rig_nodes_personalize_then_render_edits(comfy_env):
-    """DiffusionRig end to end in the executor: the user's FLAME/DECA files (official layouts, random values, a
-    sphere for a head), a stage-1 model file, RigPersonalize on an album of two photos (then re-queued: loaded, not
-    retrained), RigRender with a target photo and sliders, pasted back into the photo."""
+    """DiffusionRig end to end in the executor, on the shipped example graph: the user's FLAME/DECA files (official
+    layouts, random values, a sphere for a head), a stage-1 model file, RigPersonalize on an album of two photos
+    (then re-queued: loaded, not retrained), RigRender with a target photo and sliders, pasted back into the photo."""
     pytest.importorskip("insightface")
     import numpy as np
     from PIL import Image
 
     sys.path.insert(0, str(REPO / "tests"))
     from face_onnx import build_pack, paint_face
-    from test_rig_assets import write_flame, write_landmarks, write_obj, write_texture
-    from test_rig_geometry import icosphere
+    from rig_files import write_rig_files
 
-    rig = _pack_module("anybody.rig.unet")
-    deca_mod = _pack_module("anybody.rig.deca")
-    codes = _pack_module("anybody.rig.codes")
     base = comfy_env["base"]
-    for folder in ("flame", "deca", "diffusionrig"):
-        (base / folder).mkdir(exist_ok=True)
-    verts, faces = icosphere(2)
-    write_flame(base / "flame" / "generic_model.pkl", verts.numpy(), faces.numpy())
-    write_texture(base / "flame" / "FLAME_texture.npz")
-    write_obj(base / "deca" / "head_template.obj", verts, faces, (verts[:, :2] / 1.6 + 0.5).numpy())
-    write_landmarks(base / "deca" / "landmark_embedding.npy", len(faces))
-    torch.manual_seed(0)
-    deca = deca_mod.DecaEncoder()
-    code = codes.FaceCode.split(torch.zeros(1, codes.CODE_SIZE))
-    code.cam[:] = torch.tensor([0.5, 0.0, 0.0])
-    code.light[:, 0] = 1.0
-    with torch.no_grad():  # every photo fits to the same head: a sphere in the middle of the aligned photo
-        deca.layers[2].weight.zero_()
-        deca.layers[2].bias.copy_(code.join()[0])
-    torch.save({"E_flame": deca.state_dict()}, base / "deca" / "deca_model.tar")
-    config = rig.RigConfig(image_size=256, base_channels=8, channel_mult=(1, 1, 1, 1, 1), num_res_blocks=1,
-                           attention_resolutions=(), latent_dim=8, groups=8)
-    torch.save(rig.DiffusionRig(config).state_dict(), base / "diffusionrig" / "stage1.pt")
+    write_rig_files(base, lambda name: _pack_module(f"anybody.{name}"))
     build_pack(base / "insightface", "rigpack")
     for i, (x, y) in enumerate(((160, 160), (144, 176), (176, 144))):
         photo = np.full((320, 320, 3), 60 + 40 * i, np.uint8)
         paint_face(photo, x, y, blue=255)
         Image.fromarray(photo).save(base / "input" / f"rig_{i}.png")
 
-    graph = {
-        "1": {"class_type": "AnybodyFaceModelLoader", "inputs": {"pack": "rigpack", "provider": "CPU", "det_size": 640}},
-        "2": {"class_type": "AnybodyRigAssetsLoader", "inputs": {
-            "flame_model": "generic_model.pkl", "flame_texture": "FLAME_texture.npz", "deca_model": "deca_model.tar",
-            "head_template": "head_template.obj", "landmark_embedding": "landmark_embedding.npy"}},
-        "3": {"class_type": "AnybodyRigModelLoader", "inputs": {"model_file": "stage1.pt"}},
-        "4": {"class_type": "LoadImage", "inputs": {"image": "rig_0.png"}},
-        "5": {"class_type": "LoadImage", "inputs": {"image": "rig_1.png"}},
-        "6": {"class_type": "ImageBatch", "inputs": {"image1": ["4", 0], "image2": ["5", 0]}},
-        "7": {"class_type": "AnybodyRigPersonalize", "inputs": {
-            "rig_assets": ["2", 0], "face_model": ["1", 0], "rig_model": ["3", 0], "images": ["6", 0],
-            "name": "rig_host", "steps": 3, "batch": 2, "learning_rate": 1e-4, "seed": 0, "save_every": 0,
-            "preview_every": 1, "saved_progress": "resume", "overwrite": False, "fp16": True}},
-        "8": {"class_type": "LoadImage", "inputs": {"image": "rig_2.png"}},
-        "9": {"class_type": "AnybodyRigRender", "inputs": {
-            "rig_assets": ["2", 0], "face_model": ["1", 0], "image": ["4", 0], "rig_model": ["7", 0],
-            "target_image": ["8", 0], "edit_light": True, "edit_expression": False, "edit_pose": True,
-            "edit_latent": False, "yaw": 20.0, "pitch": 0.0, "roll": 0.0, "jaw_open": 0.0, "expression_scale": 1.0,
-            "light_azimuth": 0.0, "light_elevation": 0.0, "light_strength": 0.0, "seed": 3, "paste_back": True}},
-        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "rig_edits"}},
-        "11": {"class_type": "SaveImage", "inputs": {"images": ["9", 2], "filename_prefix": "rig_normals"}},
-    }
+    import json
+
+    graph = json.loads((REPO / "example_workflows" / "rig_render_edits.api.json").read_text())  # the shipped example
+    graph["1"]["inputs"].update(pack="rigpack", provider="CPU")
+    graph["3"]["inputs"]["model_file"] = "stage1.pt"
+    graph["4"]["inputs"]["image"], graph["13"]["inputs"]["image"] = "rig_0.png", "rig_1.png"
+    graph["5"]["inputs"].update(name="rig_host", steps=3, batch=2, learning_rate=1e-4, save_every=0, preview_every=1)
+    graph["6"]["inputs"]["image"], graph["7"]["inputs"]["image"] = "rig_0.png", "rig_2.png"
+    graph["8"]["inputs"].update(edit_expression=False, yaw=20.0, seed=3, paste_back=True)
+    graph["11"] = {"class_type": "SaveImage", "inputs": {"images": ["8", 2], "filename_prefix": "rig_normals"}}
     ex, errors = comfy_env["run"](graph)
     assert ex.success, errors
     model_path = base / "diffusionrig" / "rig_host.safetensors"
@@ -1144,19 +1110,19 @@ def test_rig_nodes_personalize_then_render_edits(comfy_env):
         meta = f.metadata()
     assert meta["anybody.stage"] == "2" and len(json_list(meta["anybody.mean_shape"])) == 100
     outputs = ex.history_result["outputs"]
-    assert outputs["9"]["text"][0].splitlines() == ["photo 1: reconstruction", "photo 1: light of target 1",
+    assert outputs["8"]["text"][0].splitlines() == ["photo 1: reconstruction", "photo 1: light of target 1",
                                                      "photo 1: pose of target 1", "photo 1: sliders"]
-    edits = [np.asarray(Image.open(base / "output" / e["filename"])) for e in outputs["10"]["images"]]
+    edits = [np.asarray(Image.open(base / "output" / e["filename"])) for e in outputs["9"]["images"]]
     assert len(edits) == 4 and edits[0].shape == (320, 320, 3), "pasted back at the photo's size"
     normals = np.asarray(Image.open(base / "output" / outputs["11"]["images"][0]["filename"]))
     assert normals.shape == (256, 256, 3) and normals[..., 2].max() > 245, "the sphere faces the camera (n_z ~ 1)"
     assert (normals[:8, :8] == 0).all(), "no head there: black"
-    assert outputs["7"]["images"], "the finished stage-2 curve is the trainer's UI image"
+    assert outputs["5"]["images"], "the finished stage-2 curve is the trainer's UI image"
 
     stamp = model_path.stat().st_mtime_ns
     ex, errors = comfy_env["run"](graph)  # re-queued with the same album and settings: loaded, not retrained
     assert ex.success, errors
-    assert model_path.stat().st_mtime_ns == stamp and "already trained" in ex.history_result["outputs"]["7"]["text"][0]
+    assert model_path.stat().st_mtime_ns == stamp and "already trained" in ex.history_result["outputs"]["5"]["text"][0]
 
 
 def json_list(text):
