@@ -22,3 +22,7 @@ function anybody_start_celeb_basis() {
 function anybody_start_magicapture() {
     return anybody_track('anybody_mc', arguments);
 }
+
+function anybody_start_rig() {
+    return anybody_track('anybody_rig', arguments);
+}

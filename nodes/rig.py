@@ -234,12 +234,11 @@ class AnybodyRigRender:
                 mm.throw_exception_if_processing_interrupted()
                 bar.update_absolute(done, total)
 
-            try:
-                dtype = torch.float16 if mm.should_use_fp16(device) and device.type == "cuda" else torch.float32
-                net.to(device, dtype)
+            try:  # fp32, as the release samples (the model is small at 256 px); the cached weights stay untouched
+                net.to(device)
                 edits = sample_edits(net, stacked, source, target, plans, seed, on_step=step)
             finally:
-                net.to("cpu", torch.float32)
+                net.to("cpu")
                 mm.soft_empty_cache()
         else:
             logging.info("[Anybody] RigRender: no rig_model connected, so 'images' are the shaded renders")

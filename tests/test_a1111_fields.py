@@ -15,8 +15,8 @@ from anybody.host.a1111 import _fixes_for
 from anybody.methods.cross_init import CrossInitConfig
 
 
-def _node_inputs(monkeypatch):
-    """AnybodyCrossInitTrain's input names and defaults, read from the node class itself."""
+def _node_inputs(monkeypatch, node_name="AnybodyCrossInitTrain"):
+    """A node's input names and defaults, read from the node class itself."""
     import importlib.util
     from pathlib import Path
 
@@ -31,9 +31,9 @@ def _node_inputs(monkeypatch):
     pack = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "anybody_pack", pack)
     spec.loader.exec_module(pack)
-    node = pack.NODE_CLASS_MAPPINGS["AnybodyCrossInitTrain"]
+    node = pack.NODE_CLASS_MAPPINGS[node_name]
     spec = node.INPUT_TYPES()
-    return {**spec["required"], **spec["optional"]}
+    return {**spec["required"], **spec.get("optional", {})}
 
 
 def test_fields_are_the_nodes_inputs_with_the_nodes_defaults(monkeypatch):
@@ -43,6 +43,19 @@ def test_fields_are_the_nodes_inputs_with_the_nodes_defaults(monkeypatch):
         options = inputs[name][1] if len(inputs[name]) > 1 else {}
         if name not in ("images", "names_file", "face_model", "init_identity"):  # objects in ComfyUI, names in the webui
             assert options.get("default") == default, name
+
+
+@pytest.mark.parametrize("node_name, spec, renamed", [
+    ("AnybodyRigRender", fields.RIG_RENDER_FIELDS, {"image": "images", "target_image": "target_images"}),
+    ("AnybodyRigPersonalize", fields.RIG_PERSONALIZE_FIELDS, {})])
+def test_rig_fields_are_the_nodes_inputs_with_the_nodes_defaults(monkeypatch, node_name, spec, renamed):
+    """Photos come as lists of images in the webui; the loaders' files are named in the request itself."""
+    inputs = {renamed.get(k, k): v for k, v in _node_inputs(monkeypatch, node_name).items()}
+    loader_files = set(_node_inputs(monkeypatch, "AnybodyRigAssetsLoader"))
+    assert set(spec) == set(inputs) - {"rig_assets"} | loader_files
+    for name, default in spec.items():
+        if name in inputs and len(inputs[name]) > 1 and "default" in inputs[name][1]:
+            assert inputs[name][1]["default"] == default, name
 
 
 def test_defaults_make_the_paper_recipe():

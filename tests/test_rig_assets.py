@@ -114,6 +114,21 @@ def test_flame_pickle_loads_without_chumpy_and_matches_its_arrays(user_files):
     assert cache_path(user_files["flame"]).is_file() and cache_path(user_files["texture"]).is_file()
 
 
+def test_protocol_zero_pickles_load_too(user_files, tmp_path):
+    model = user_files["model"]
+    module = chumpy_module()
+    sys.modules["chumpy"], sys.modules["chumpy.ch"] = types.ModuleType("chumpy"), module
+    try:
+        old = {k: module.Ch(v.x) if hasattr(v, "x") else v for k, v in model.items()}
+        path = tmp_path / "old" / assets.FLAME_MODEL
+        path.parent.mkdir()
+        path.write_bytes(pickle.dumps(old, protocol=0))
+    finally:
+        del sys.modules["chumpy"], sys.modules["chumpy.ch"]
+    assert torch.allclose(torch.tensor(assets._flame_tensors(path)["v_template"]),
+                          torch.tensor(model["v_template"].x, dtype=torch.float32))
+
+
 def test_second_load_reads_the_caches_not_the_pickles(user_files, monkeypatch):
     first = load(user_files)
 
@@ -200,6 +215,10 @@ def test_deca_encoder_loads_from_its_tar_and_reproduces_the_code(tmp_path):
     crop = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(loaded(crop), encoder(crop)) and loaded(crop).shape == (1, CODE_SIZE)
+    older = {k: v for k, v in encoder.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save({"E_flame": older}, path)  # saved by a PyTorch before BatchNorm counted its steps
+    with torch.no_grad():
+        assert torch.equal(load_deca(path)(crop), encoder(crop))
     torch.save({"E_detail": {}}, path)
     with pytest.raises(ModelFileError, match="no 'E_flame'.*DECA"):
         load_deca(path)
@@ -260,3 +279,11 @@ def test_official_mean_shape_pickle(tmp_path):
         pickle.dump(torch.randn(1, 50), f)
     with pytest.raises(ModelFileError, match="50 values, expected 100"):
         read_mean_shape(path)
+    # an official stage-2 model with its mean shape beside it, renamed <model>.mean_shape.pkl
+    official = tmp_path / "alice005000.pt"
+    torch.save(tiny_rig().state_dict(), official)
+    assert read_model(official, image_size=32)[1].mean_shape is None
+    with open(tmp_path / "alice005000.mean_shape.pkl", "wb") as f:
+        pickle.dump(shape, f)
+    info = read_model(official, image_size=32)[1]
+    assert info.stage == 2 and torch.equal(info.mean_shape, shape)

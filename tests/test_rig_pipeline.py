@@ -136,3 +136,20 @@ def test_photo_is_aligned_and_cropped_for_deca(tmp_path):
     assert abs(centre[0] - 128) < 20 and 100 < centre[1] < 170
     with pytest.raises(BadInputError, match="No face found"):
         fit_photos(models, DecaEncoder().eval(), [np.zeros((64, 64, 3), np.uint8)], "cpu")
+
+
+def test_album_buffers_are_not_centred_as_the_release_trains(user_files):  # noqa: F811
+    """Stage-2 training data is rendered with the mean shape and no FFHQ-centre shift (the release shifts only at
+    inference); with the photo's own shape the two agree."""
+    from anybody.rig.personal_model import album_buffers
+
+    head = assets.load_head(user_files["flame"], user_files["texture"], user_files["obj"], user_files["landmarks"])
+    source = fit_of(sphere_codes(2))
+    plans = plan_edits(source, None, [], Sliders())
+    mean_shape = torch.randn(1, 100) * 3.0
+    trained = album_buffers(head, source, mean_shape)
+    uncentred = render_buffers(head, source, plans, mean_shape, centre=False)
+    centred = render_buffers(head, source, plans, mean_shape)
+    assert torch.equal(trained[:, 3:6], uncentred["normal"]) and not torch.equal(trained[:, 3:6], centred["normal"])
+    own = render_buffers(head, source, plans)
+    assert torch.allclose(own["normal"], render_buffers(head, source, plans, centre=False)["normal"], atol=1e-5)

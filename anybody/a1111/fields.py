@@ -222,3 +222,29 @@ ADAFACE_FIELDS: dict[str, Any] = {"images": None, "name": "adaface_face", "stren
                                   "overwrite": False, "face_model": "antelopev2",
                                   "adaface": "subjects-celebrity2024-05-16T17-22-46_zero3-ada-30000.pt",
                                   "arc2face": "arc2face"}
+
+#: RigAssetsLoader's files (names in the webui's models/flame and models/deca)
+_RIG_ASSETS: dict[str, Any] = {"flame_model": "generic_model.pkl", "flame_texture": "FLAME_texture.npz",
+                               "deca_model": "deca_model.tar", "head_template": "head_template.obj",
+                               "landmark_embedding": "landmark_embedding.npy"}
+#: AnybodyRigRender's inputs; ``rig_model`` names a file in models/diffusionrig ("" = buffers only), ``images`` the
+#: photos to edit, ``target_images`` the optional target photo(s)
+RIG_RENDER_FIELDS: dict[str, Any] = {
+    "images": None, "target_images": None, "face_model": "antelopev2", "rig_model": "", **_RIG_ASSETS,
+    "edit_light": True, "edit_expression": True, "edit_pose": True, "edit_latent": False, "yaw": 0.0, "pitch": 0.0,
+    "roll": 0.0, "jaw_open": 0.0, "expression_scale": 1.0, "light_azimuth": 0.0, "light_elevation": 0.0,
+    "light_strength": 0.0, "seed": 0, "paste_back": False}
+
+
+def _rig_personalize_fields() -> dict[str, Any]:
+    from ..rig.personalize import Stage2Settings
+
+    paper = Stage2Settings()
+    return {"images": None, "face_model": "antelopev2", "rig_model": "", **_RIG_ASSETS, "name": "my_face",
+            "steps": paper.steps, "batch": paper.batch, "learning_rate": paper.lr, "seed": paper.seed,
+            "save_every": paper.save_every, "preview_every": paper.preview_every, "saved_progress": "resume",
+            "overwrite": False, "fp16": True}
+
+
+#: AnybodyRigPersonalize's inputs; ``rig_model`` names the stage-1 file in models/diffusionrig
+RIG_PERSONALIZE_FIELDS: dict[str, Any] = _rig_personalize_fields()

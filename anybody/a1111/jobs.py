@@ -375,3 +375,168 @@ def _importable(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+# --- DiffusionRig (its own 256 px model: the webui's checkpoint is moved off the GPU while it trains) ---------
+
+RIG_FOLDERS = {"rig_model": "diffusionrig", "flame_model": "flame", "flame_texture": "flame", "deca_model": "deca",
+               "head_template": "deca", "landmark_embedding": "deca"}
+
+
+def rig_files() -> list[str]:
+    """DiffusionRig models in models/diffusionrig."""
+    from modules import paths
+
+    folder = Path(paths.models_path) / "diffusionrig"
+    return sorted(p.name for p in folder.glob("*") if p.suffix in (".pt", ".pth", ".safetensors")) if folder.is_dir() else []
+
+
+@functools.lru_cache(maxsize=1)
+def _rig_assets(paths: tuple[str, ...], stamp: tuple):
+    from ..rig.assets import load_head
+    from ..rig.deca import load_deca
+
+    flame, texture, deca, obj, landmarks = map(Path, paths)
+    return load_head(flame, texture, obj, landmarks), load_deca(deca)
+
+
+def _rig_file(fields: dict[str, Any], key: str) -> Path:
+    from ..errors import ModelFileError
+    from ..rig import assets
+    from ..rig.model_file import RIG_SOURCE
+
+    if not fields[key]:
+        raise BadInputError(f"Choose a {key} file (models/{RIG_FOLDERS[key]}).")
+    path = _model_file(RIG_FOLDERS[key], fields[key], key)
+    if not path.is_file():
+        usual = {"flame_model": assets.FLAME_MODEL, "flame_texture": assets.FLAME_TEXTURE, "deca_model": assets.DECA_MODEL,
+                 "head_template": assets.HEAD_TEMPLATE, "landmark_embedding": assets.LANDMARKS}
+        hint = assets.where(usual[key]) if key in usual else f"Get {RIG_SOURCE}."
+        raise ModelFileError(f"{key}: {path} not found. {hint}")
+    return path
+
+
+def rig_assets(fields: dict[str, Any]):
+    """(head model, DECA encoder) from the webui's models/flame and models/deca, loaded once per file version."""
+    keys = ("flame_model", "flame_texture", "deca_model", "head_template", "landmark_embedding")
+    paths = [_rig_file(fields, k) for k in keys]
+    return _rig_assets(tuple(map(str, paths)), tuple((p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
+
+
+@functools.lru_cache(maxsize=1)
+def _rig_model(path: str, stamp: tuple):
+    from ..nets.converted import sha256
+    from ..rig.model_file import read_model
+
+    model, info = read_model(Path(path))
+    return model.eval().requires_grad_(False), info, sha256(Path(path))[:16]
+
+
+def rig_model(fields: dict[str, Any]):
+    path = _rig_file(fields, "rig_model")
+    return _rig_model(str(path), (path.stat().st_size, path.stat().st_mtime_ns))
+
+
+def rig_render(images: Sequence[torch.Tensor], targets: Sequence[torch.Tensor] | None, fields: dict[str, Any],
+               sink=None) -> tuple[dict[str, Any], list]:
+    """RigRender: the edits and the buffers of the photos as [H, W, 3] uint8 arrays, with one label each."""
+    from ..rig.pipeline import Sliders, fit_photos, paste_back, plan_edits, render_buffers, sample_edits
+
+    sink = sink or webui.A1111Sink("DiffusionRig")
+    head, deca = rig_assets(fields)
+    models = face_models(fields["face_model"])
+    device = webui.device_of_webui()
+    try:
+        source = fit_photos(models, deca, list(images), device)
+        target = fit_photos(models, deca, list(targets), device) if targets else None
+    finally:
+        deca.to("cpu")
+    modes = [m for m, key in (("light", "edit_light"), ("exp", "edit_expression"), ("pose", "edit_pose"),
+                              ("latent", "edit_latent")) if fields[key]]
+    sliders = Sliders(*(fields[k] for k in ("yaw", "pitch", "roll", "jaw_open", "expression_scale", "light_azimuth",
+                                            "light_elevation", "light_strength")))
+    plans = plan_edits(source, target, modes, sliders)
+    model = info = None
+    if fields["rig_model"]:
+        model, info, _ = rig_model(fields)
+    mean_shape = None if info is None or info.mean_shape is None else info.mean_shape.to(device)
+    buffers = render_buffers(head.to(device), source, plans, mean_shape)
+    if model is not None:
+        stacked = torch.cat([buffers["rendered"], buffers["normal"], buffers["albedo"]], 1)
+        try:
+            with webui_offloaded():
+                model.to(device)
+                edits = sample_edits(model, stacked, source, target, plans, fields["seed"],
+                                     on_step=lambda done, total: (sink.check_cancel(), sink.progress(done, total)))
+        finally:
+            model.to("cpu")
+    else:
+        edits = buffers["rendered"].clamp(0, 1).cpu()
+    out = []
+    for k, plan in enumerate(plans):
+        image = edits[k].permute(1, 2, 0).numpy()
+        if fields["paste_back"]:
+            image = paste_back(images[plan.source_index].numpy(), source.aligned[plan.source_index], image)
+        out.append(_uint8(image))
+    pictures = {name: [_uint8(b[k].permute(1, 2, 0).cpu().numpy()) for k in range(len(plans))]
+                for name, b in (("rendered", buffers["rendered"]), ("albedo", buffers["albedo"]),
+                                ("normals", (buffers["normal"] + 1) / 2 * buffers["alpha"]))}
+    return ({"labels": [p.label for p in plans], "model": info.describe() if info is not None else None},
+            [out, pictures])
+
+
+def _uint8(image):
+    import numpy as np
+
+    return (np.asarray(image, dtype=np.float32).clip(0, 1) * 255).round().astype(np.uint8)
+
+
+def rig_personalize(images: Sequence[torch.Tensor], fields: dict[str, Any], sink=None) -> dict[str, Any]:
+    """RigPersonalize: stage 2 on the album -> models/diffusionrig/<name>.safetensors."""
+    from modules import paths
+
+    from ..rig.personal_model import train_personal_model
+    from ..rig.personalize import Stage2Settings
+
+    sink = sink or webui.A1111Sink("DiffusionRig stage 2")
+    head, deca = rig_assets(fields)
+    stage1, info, fingerprint = rig_model(fields)
+    settings = Stage2Settings(steps=fields["steps"], batch=fields["batch"], lr=fields["learning_rate"],
+                              seed=fields["seed"], save_every=fields["save_every"],
+                              preview_every=fields["preview_every"])
+    device = webui.device_of_webui()
+    try:
+        with webui_offloaded():
+            result = train_personal_model(stage1, fingerprint, head, deca, face_models(fields["face_model"]),
+                                          list(images), fields["name"], settings,
+                                          Path(paths.models_path) / "diffusionrig",
+                                          webui.training_state_dir(), sink, device,
+                                          resume=fields["saved_progress"] == "resume",
+                                          restart=fields["saved_progress"] == "start over",
+                                          overwrite=fields["overwrite"], half=fields["fp16"])
+    finally:
+        deca.to("cpu")
+    result.model.to("cpu")
+    _rig_model.cache_clear()  # a file of that name may have been replaced
+    return {"path": str(result.path), "model": result.info.describe(), "reused": result.reused,
+            "seconds_per_step": None if result.reused else sink.seconds_per_step()}
+
+
+class webui_offloaded:
+    """The webui's checkpoint off the GPU while DiffusionRig uses it, and back afterwards (no-op on a CPU)."""
+
+    def __enter__(self):
+        from modules import sd_models, shared
+
+        self.model = shared.sd_model if webui.device_of_webui().type == "cuda" else None
+        if self.model is not None and hasattr(sd_models, "send_model_to_cpu"):
+            sd_models.send_model_to_cpu(self.model)
+        return self
+
+    def __exit__(self, *exc):
+        from modules import devices, sd_models
+
+        devices.torch_gc()
+        if self.model is not None and hasattr(sd_models, "send_model_to_device"):
+            sd_models.send_model_to_device(self.model)
+        return False

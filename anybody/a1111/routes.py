@@ -163,4 +163,28 @@ def register(app) -> None:
                 return jobs.adaface(images, checked)[0]
         return answer(run)
 
+    @router.post(f"{PREFIX}/rig/render")
+    def anybody_rig_render(body: dict = Body(...)):
+        """RigRender (DiffusionRig): edits of the photos (base64 PNG) with their buffers and labels."""
+        def run():
+            checked = fields.checked_fields(body, fields.RIG_RENDER_FIELDS, "rig/render")
+            images = fields.decode_images(checked["images"])
+            targets = (fields.decode_images(checked["target_images"], "target_images")
+                       if checked["target_images"] is not None else None)
+            with webui_job("anybody-rig-render"):
+                result, (edits, pictures) = jobs.rig_render(images, targets, checked)
+            return {**result, "images": [fields.encode_png(e) for e in edits],
+                    **{name: [fields.encode_png(p) for p in group] for name, group in pictures.items()}}
+        return answer(run)
+
+    @router.post(f"{PREFIX}/train/rig-personalize")
+    def anybody_rig_personalize(body: dict = Body(...)):
+        """RigPersonalize (DiffusionRig stage 2): an album of one person -> models/diffusionrig/<name>.safetensors."""
+        def run():
+            checked = fields.checked_fields(body, fields.RIG_PERSONALIZE_FIELDS, "train/rig-personalize")
+            images = fields.decode_images(checked["images"])
+            with webui_job("anybody-rig-personalize"):
+                return jobs.rig_personalize(images, checked)
+        return answer(run)
+
     app.include_router(router)

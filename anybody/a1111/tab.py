@@ -1,5 +1,5 @@
-"""The "Anybody" tab of the webui (``on_ui_tabs``): Cross-Init and Celeb Basis training, AdaFace, FaceAlign and
-IdentityScore.
+"""The "Anybody" tab of the webui (``on_ui_tabs``): Cross-Init, Celeb Basis and MagiCapture training, AdaFace,
+DiffusionRig, FaceAlign and IdentityScore.
 
 Controls carry the ComfyUI node's input names and defaults (``fields.py``); long work runs through the webui's
 ``wrap_gradio_gpu_call`` (its queue lock, progress bar with live previews, Interrupt). Written for gradio 3.41
@@ -181,6 +181,119 @@ def score_from_tab(files, reference_files, face_model):
 
     plot, message = _guarded(run)
     return plot, message
+
+
+RIG_RENDER_CONTROLS = ("face_model", "rig_model", "edit_light", "edit_expression", "edit_pose", "edit_latent", "yaw",
+                       "pitch", "roll", "jaw_open", "expression_scale", "light_azimuth", "light_elevation",
+                       "light_strength", "seed", "paste_back")
+RIG_PERSONALIZE_CONTROLS = ("face_model", "rig_model", "name", "steps", "batch", "learning_rate", "seed", "save_every",
+                            "preview_every", "saved_progress", "overwrite", "fp16")
+
+
+def rig_render_from_tab(files, target_files, *values):
+    def run():
+        body = dict(zip(RIG_RENDER_CONTROLS, values))
+        body["seed"] = int(body["seed"])
+        body["rig_model"] = "" if body["rig_model"] in (None, "none") else body["rig_model"]
+        body["face_model"] = body["face_model"] or "antelopev2"
+        checked = fields.checked_fields(body, fields.RIG_RENDER_FIELDS, "rig/render")
+        targets = _photos(target_files, "target photos") if target_files else None
+        result, (edits, pictures) = jobs.rig_render(_photos(files, "photos"), targets, checked)
+        gallery = [(e, label) for e, label in zip(edits, result["labels"])]
+        gallery += [(p, f"{name}: {label}") for name, group in pictures.items() for p, label in zip(group, result["labels"])]
+        note = result["model"] or "no DiffusionRig model chosen: the images are the shaded renders"
+        return gallery, _message(f"{len(edits)} image(s) ({note}).")
+
+    gallery, message = _guarded(run)
+    return gallery or [], message
+
+
+def rig_personalize_from_tab(task_id: str, files, *values) -> tuple[Any, str]:
+    def run():
+        body = dict(zip(RIG_PERSONALIZE_CONTROLS, values))
+        for key in ("steps", "batch", "seed", "save_every", "preview_every"):
+            body[key] = int(body[key])
+        body["learning_rate"] = float(body["learning_rate"])
+        body["face_model"] = body["face_model"] or "antelopev2"
+        checked = fields.checked_fields(body, fields.RIG_PERSONALIZE_FIELDS, "train/rig-personalize")
+        result = jobs.rig_personalize(_photos(files, "album photos"), checked)
+        done = "Loaded (already trained with these photos and settings)" if result["reused"] else "Trained"
+        return None, _message(f"{done}: {result['path']} ({result['model']}). Choose it as rig_model above.")
+
+    return "", _guarded(run)[1]
+
+
+def _rig_section(gr, wrap_gradio_gpu_call, packs) -> None:
+    """DiffusionRig: render edits of a photo, and personalise a model on an album (stage 2)."""
+    rd, pd = fields.RIG_RENDER_FIELDS, fields.RIG_PERSONALIZE_FIELDS
+    models = jobs.rig_files()
+    gr.HTML("<p>DiffusionRig (its own 256 px model, not the checkpoint above): needs your FLAME files in "
+            "models/flame, DECA's in models/deca and a DiffusionRig model in models/diffusionrig (see the README). "
+            "The checkpoint above leaves the GPU while DiffusionRig runs.</p>")
+    with gr.Row():
+        with gr.Column():
+            photos = gr.File(label="Photo(s) to edit", file_count="multiple", file_types=["image"],
+                             elem_id=f"{ELEM}_rig_photos")
+            targets = gr.File(label="Target photo (its light / expression / pose)", file_count="multiple",
+                              file_types=["image"], elem_id=f"{ELEM}_rig_targets")
+            with gr.Row():
+                pack = gr.Dropdown(label="face_model", choices=packs, value=packs[0] if packs else None)
+                model = gr.Dropdown(label="rig_model (models/diffusionrig)", choices=["none", *models],
+                                    value=models[0] if models else "none", elem_id=f"{ELEM}_rig_model")
+            with gr.Row():
+                edits = [gr.Checkbox(label=key, value=rd[key]) for key in ("edit_light", "edit_expression",
+                                                                            "edit_pose", "edit_latent")]
+            with gr.Row():
+                sliders = [gr.Slider(label=key, minimum=low, maximum=high, step=step, value=rd[key])
+                           for key, low, high, step in (("yaw", -60, 60, 1), ("pitch", -45, 45, 1), ("roll", -45, 45, 1),
+                                                        ("jaw_open", -5, 30, 1), ("expression_scale", -1, 3, 0.05))]
+            with gr.Row():
+                lights = [gr.Slider(label=key, minimum=low, maximum=high, step=step, value=rd[key])
+                          for key, low, high, step in (("light_azimuth", -180, 180, 5), ("light_elevation", -90, 90, 5),
+                                                       ("light_strength", 0, 3, 0.05))]
+            with gr.Row():
+                seed = gr.Number(label="seed", value=rd["seed"], precision=0)
+                paste = gr.Checkbox(label="paste_back", value=rd["paste_back"])
+            render = gr.Button("Render", variant="primary", elem_id=f"{ELEM}_rig_render")
+        with gr.Column():
+            gallery = gr.Gallery(label="Edits and buffers", elem_id=f"{ELEM}_rig_edits", columns=4)
+            render_result = gr.HTML(value="")
+    render.click(fn=wrap_gradio_gpu_call(rig_render_from_tab, extra_outputs=[[]]),
+                 inputs=[photos, targets, pack, model, *edits, *sliders, *lights, seed, paste],
+                 outputs=[gallery, render_result])
+    with gr.Accordion("Personalise a model (stage 2, ~20 photos of the person)", open=False):
+        with gr.Row():
+            with gr.Column():
+                album = gr.File(label="Album: photos of one person", file_count="multiple", file_types=["image"],
+                                elem_id=f"{ELEM}_rig_album")
+                with gr.Row():
+                    stage1 = gr.Dropdown(label="rig_model (the stage-1 model to start from)", choices=models,
+                                         value=models[0] if models else None)
+                    name = gr.Textbox(label="name", value=pd["name"], info="models/diffusionrig/<name>.safetensors")
+                with gr.Row():
+                    steps = gr.Number(label="steps", value=pd["steps"], precision=0)
+                    batch = gr.Number(label="batch", value=pd["batch"], precision=0)
+                    lr = gr.Number(label="learning_rate", value=pd["learning_rate"])
+                    p_seed = gr.Number(label="seed", value=pd["seed"], precision=0)
+                with gr.Row():
+                    save_every = gr.Number(label="save_every", value=pd["save_every"], precision=0)
+                    preview_every = gr.Number(label="preview_every", value=pd["preview_every"], precision=0)
+                    saved = gr.Radio(label="saved_progress", choices=list(fields.SAVED_PROGRESS),
+                                     value=pd["saved_progress"])
+                    overwrite = gr.Checkbox(label="overwrite", value=False)
+                    fp16 = gr.Checkbox(label="fp16 (CUDA, with loss scaling)", value=True)
+                task = gr.Textbox(visible=False, elem_id=f"{ELEM}_rig_task_id")
+                train = gr.Button("Personalise", variant="primary", elem_id=f"{ELEM}_rig_train")
+            with gr.Column():
+                text = gr.Text(elem_id=f"{ELEM}_rig_output", value="", show_label=False)
+                gr.Gallery(label="Preview", show_label=False, elem_id=f"{ELEM}_rig_gallery", columns=1)
+                gr.HTML(elem_id=f"{ELEM}_rig_progress", value="")
+                result = gr.HTML(elem_id=f"{ELEM}_rig_result", value="")
+        train.click(fn=wrap_gradio_gpu_call(rig_personalize_from_tab, extra_outputs=[""]),
+                    _js="anybody_start_rig",
+                    inputs=[task, album, pack, stage1, name, steps, batch, lr, p_seed, save_every, preview_every,
+                            saved, overwrite, fp16],
+                    outputs=[text, result])
 
 
 def build():
@@ -372,6 +485,8 @@ def build():
                 ada_button.click(fn=wrap_gradio_gpu_call(adaface_from_tab, extra_outputs=[""]),
                                  inputs=[ada_photos, ada_name, ada_strength, ada_pack, ada_file, ada_arc, ada_save,
                                          ada_overwrite], outputs=[ada_text, ada_result])
+            with gr.Tab("DiffusionRig (relight / re-pose)", elem_id=f"{ELEM}_rig_tab"):
+                _rig_section(gr, wrap_gradio_gpu_call, packs)
             with gr.Tab("FaceAlign", elem_id=f"{ELEM}_align_tab"):
                 with gr.Row():
                     with gr.Column():

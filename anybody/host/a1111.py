@@ -506,9 +506,14 @@ class A1111Host(Host):
         return embeddings_dir()
 
     def state_dir(self) -> Path:
-        from modules import paths
+        return training_state_dir()
 
-        return Path(paths.data_path) / "outputs" / "anybody_training"
+
+def training_state_dir() -> Path:
+    """Where saved progress and loss curves go: the webui's outputs folder (in its data dir)."""
+    from modules import paths
+
+    return Path(paths.data_path) / "outputs" / "anybody_training"
 
 
 def _contiguous_transformer_outputs(sd_model) -> list:

@@ -40,4 +40,7 @@ def load_deca(path: Path) -> DecaEncoder:
     state = checkpoint.get("E_flame") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise ModelFileError(f"{path.name} has no 'E_flame' weights: not DECA's model file. {where(DECA_MODEL)}")
-    return load_checked(DecaEncoder(), state, path, "DECA's coarse encoder (E_flame)", where(DECA_MODEL))
+    model = DecaEncoder()
+    # BatchNorm's step counters are absent from files saved by older PyTorch; they play no part in eval mode
+    state = {**{k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")}, **state}
+    return load_checked(model, state, path, "DECA's coarse encoder (E_flame)", where(DECA_MODEL))

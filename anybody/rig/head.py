@@ -27,11 +27,16 @@ class HeadModel:
                          self.faces.to(device), self.uv_coords.to(device), self.uv_faces.to(device))
 
     @torch.no_grad()
-    def buffers(self, edit: FaceCode, source: FaceCode, crop_from_image: torch.Tensor,
-                size: int = 256) -> dict[str, torch.Tensor]:
+    def buffers(self, edit: FaceCode, source: FaceCode, crop_from_image: torch.Tensor, size: int = 256,
+                centre: bool = True) -> dict[str, torch.Tensor]:
         """Buffers of the edited code, kept where the source's face is in its photo (``crop_from_image``: the
-        DECA crop's 3x3 similarity transform from the source photo, batch-aligned with the codes)."""
-        world = centred_vertices(self.flame, source, edit)
+        DECA crop's 3x3 similarity transform from the source photo, batch-aligned with the codes).
+
+        ``centre``: move the edited head so its FFHQ centre is the source's, as the release does at inference only;
+        its stage-2 training data (``create_data.py``) is rendered without this shift, so album buffers are too.
+        """
+        world = (centred_vertices(self.flame, source, edit) if centre
+                 else self.flame(edit.shape, edit.exp, edit.pose))
         placed = crop_to_image(project(world, edit.cam), crop_from_image.to(world))
         albedo = flame_albedo(self.tex_mean, self.tex_basis, edit.tex)
         return physical_buffers(placed, world, self.faces, self.uv_coords, self.uv_faces, albedo, edit.light,

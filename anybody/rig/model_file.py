@@ -3,7 +3,8 @@ its weights (stage, the album mean shape a personalised model was trained with, 
 
 Only the stage-1 (generic FFHQ prior) model was ever released; stage-2 models are what users make with
 RigPersonalize. The official stage-2 recipe keeps its mean shape in a separate ``mean_shape.pkl`` (a pickled CUDA
-tensor), which :func:`read_mean_shape` reads without the full unpickler.
+tensor), which :func:`read_mean_shape` reads without the full unpickler; renamed ``<model>.mean_shape.pkl`` and put
+beside an official stage-2 ``.pt``, it is picked up with it.
 """
 from __future__ import annotations
 
@@ -66,6 +67,9 @@ def read_model(path: Path, image_size: int = OFFICIAL.image_size) -> tuple[Diffu
     info = RigInfo(stage=int(meta["anybody.stage"]) if "anybody.stage" in meta else None)
     if "anybody.mean_shape" in meta:
         info.mean_shape = _shape_tensor(json.loads(meta["anybody.mean_shape"]), path)
+    beside = mean_shape_beside(path)
+    if info.mean_shape is None and beside.is_file():  # an official stage-2 model with its data script's mean shape
+        info.mean_shape, info.stage = read_mean_shape(beside), 2
     info.extra = {k: v for k, v in meta.items() if k.startswith("anybody.")}
     return model, info
 
@@ -83,6 +87,11 @@ def save_model(path: Path, model: DiffusionRig, info: RigInfo, overwrite: bool =
         meta["anybody.mean_shape"] = json.dumps([round(float(v), 7) for v in info.mean_shape.reshape(-1)])
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), overwrite=overwrite)
+
+
+def mean_shape_beside(path: Path) -> Path:
+    """Where an official stage-2 model's ``mean_shape.pkl`` is looked for: ``<model>.mean_shape.pkl`` beside it."""
+    return path.with_name(f"{path.stem}.mean_shape.pkl")
 
 
 def read_mean_shape(path: Path) -> torch.Tensor:

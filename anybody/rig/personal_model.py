@@ -35,9 +35,10 @@ class PersonalModel(NamedTuple):
 
 
 def album_buffers(head, fit, mean_shape: torch.Tensor, chunk: int = 8) -> torch.Tensor:
-    """Each photo's own buffers with the album's mean shape: what the paper trains stage 2 on."""
+    """Each photo's own buffers with the album's mean shape and no centring: what the release trains stage 2 on."""
     plans = plan_edits(fit, None, [], Sliders())
-    parts = [stack_buffers(render_buffers(head, fit, plans[i:i + chunk], mean_shape)) for i in range(0, len(plans), chunk)]
+    parts = [stack_buffers(render_buffers(head, fit, plans[i:i + chunk], mean_shape, centre=False))
+             for i in range(0, len(plans), chunk)]
     return torch.cat(parts)
 
 

@@ -78,6 +78,8 @@ class _Unpickler(pickle.Unpickler):
             return _CONTAINERS[key]
         if key == ("copy_reg", "_reconstructor") or key == ("copyreg", "_reconstructor"):
             return _reconstructor
+        if key in (("__builtin__", "object"), ("builtins", "object")):  # protocols 0/1: _reconstructor's base
+            return object
         if key == ("_codecs", "encode"):
             return _latin1_bytes
         if key == ("torch.storage", "_load_from_bytes"):

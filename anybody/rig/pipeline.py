@@ -139,14 +139,15 @@ def plan_edits(source: RigFit, target: RigFit | None, modes: Sequence[str], slid
     return plans
 
 
-def render_buffers(head: HeadModel, source: RigFit, plans: Sequence[Edit],
-                   mean_shape: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """The buffers of every planned edit, kept where its source photo has the face (spec §9)."""
+def render_buffers(head: HeadModel, source: RigFit, plans: Sequence[Edit], mean_shape: torch.Tensor | None = None,
+                   centre: bool = True) -> dict[str, torch.Tensor]:
+    """The buffers of every planned edit, kept where its source photo has the face (spec §9; ``centre`` False:
+    as stage-2 training data, see :meth:`HeadModel.buffers`)."""
     codes = [with_shape(p.code, mean_shape) for p in plans]
     batch = FaceCode(**{name: torch.cat([getattr(c, name) for c in codes]) for name in FaceCode.__dataclass_fields__})
     index = [p.source_index for p in plans]
     sources = source.select(index)
-    return head.buffers(batch, sources.codes, sources.crop_from_photo, SIZE)
+    return head.buffers(batch, sources.codes, sources.crop_from_photo, SIZE, centre)
 
 
 @torch.no_grad()

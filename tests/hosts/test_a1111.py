@@ -651,3 +651,51 @@ def test_magicapture_route_and_tab_train_a_subject_and_a_style(webui):
     _, html = webui.post("/anybody-probe/tab-magicapture", {"subjects": files[:2], "styles": files[2:], "values": values})
     html = __import__("html").unescape(html)
     assert "Trained: " in html and "mct_ana_mct_look.safetensors" in html, html
+
+
+def test_rig_routes_personalize_an_album_then_render_edits(webui):
+    """DiffusionRig through the webui's routes: the user's files in the webui's models folders (official layouts,
+    random values, a sphere for a head), stage 2 on an album (then asked again: loaded, not retrained), and the
+    edits of a photo with a target, pasted back; bad requests are clear 400s."""
+    pytest.importorskip("onnx")
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from a1111_harness import png_b64
+    from face_onnx import build_pack, paint_face
+    from rig_files import write_rig_files
+
+    models = webui.data / "models"
+    write_rig_files(models, lambda name: importlib.import_module(f"anybody.{name}"))
+    build_pack(models / "insightface", "rigpack")
+    photos = []
+    for i, (x, y) in enumerate(((160, 160), (144, 176), (176, 144))):
+        photo = np.full((320, 320, 3), 60 + 40 * i, np.uint8)
+        paint_face(photo, x, y, blue=255)
+        photos.append(png_b64(photo))
+    body = {"images": photos[:2], "face_model": "rigpack", "rig_model": "stage1.pt", "name": "rigroute", "steps": 2,
+            "batch": 2, "learning_rate": 1e-4, "save_every": 0, "preview_every": 0}
+    trained = webui.post("/anybody/v1/train/rig-personalize", body)
+    assert Path(trained["path"]).is_file() and "stage 2" in trained["model"] and not trained["reused"], trained
+    assert webui.post("/anybody/v1/train/rig-personalize", body)["reused"]
+
+    render = webui.post("/anybody/v1/rig/render", {
+        "images": [photos[0]], "target_images": [photos[2]], "face_model": "rigpack",
+        "rig_model": "rigroute.safetensors", "edit_expression": False, "yaw": 15.0, "paste_back": True})
+    assert render["labels"] == ["photo 1: reconstruction", "photo 1: light of target 1", "photo 1: pose of target 1",
+                                "photo 1: sliders"]
+    from PIL import Image
+    import base64
+    import io
+
+    first = np.asarray(Image.open(io.BytesIO(base64.b64decode(render["images"][0]))))
+    assert first.shape == (320, 320, 3) and len(render["normals"]) == 4 and len(render["albedo"]) == 4
+    buffers_only = webui.post("/anybody/v1/rig/render", {"images": [photos[0]], "face_model": "rigpack"})
+    assert buffers_only["model"] is None and len(buffers_only["images"]) == 1
+
+    for extra, words in (({"rig_model": "nope.pt"}, "nope.pt"), ({"flame_model": "../generic_model.pkl"}, "not a path"),
+                         ({"yaw": "left"}, "'yaw' must be float"), ({"deca_model": "missing.tar"}, "missing.tar")):
+        status, answer = webui.request("POST", "/anybody/v1/rig/render",
+                                       {"images": [photos[0]], "face_model": "rigpack", **extra})
+        assert status == 400 and words in answer["detail"], answer
