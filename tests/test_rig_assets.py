@@ -125,7 +125,7 @@ def test_protocol_zero_pickles_load_too(user_files, tmp_path):
         path.write_bytes(pickle.dumps(old, protocol=0))
     finally:
         del sys.modules["chumpy"], sys.modules["chumpy.ch"]
-    assert torch.allclose(torch.tensor(assets._flame_tensors(path)["v_template"]),
+    assert torch.allclose(assets._flame_tensors(path)["v_template"],
                           torch.tensor(model["v_template"].x, dtype=torch.float32))
 
 

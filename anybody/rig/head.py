@@ -2,6 +2,7 @@
 aligned photo's frame as the nine-channel condition."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,8 @@ class HeadModel:
     uv_faces: torch.Tensor    # (F, 3) indices into uv_coords
 
     def to(self, device) -> "HeadModel":
-        return HeadModel(self.flame.to(device), self.tex_mean.to(device), self.tex_basis.to(device),
+        """A copy on ``device`` (the loaded one, which loader nodes cache, stays where it is)."""
+        return HeadModel(copy.deepcopy(self.flame).to(device), self.tex_mean.to(device), self.tex_basis.to(device),
                          self.faces.to(device), self.uv_coords.to(device), self.uv_faces.to(device))
 
     @torch.no_grad()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ class Record:
 def _tensor_from_bytes(data: bytes):
     """A torch storage pickled inside a plain pickle (``torch.storage._load_from_bytes``): read with
     ``weights_only=True``."""
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    with warnings.catch_warnings():  # torch notes that plain pickles use a newer protocol than torch.save's
+        warnings.filterwarnings("ignore", message="Detected pickle protocol")
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
