@@ -14,12 +14,11 @@ def _device():
 
 
 def _assets(args):
-    from .rig.assets import DECA_MODEL, FLAME_MODEL, FLAME_TEXTURE, HEAD_TEMPLATE, LANDMARKS, load_head
-    from .rig.deca import load_deca
+    from .rig.assets import DECA_MODEL, FLAME_MODEL, FLAME_TEXTURE, HEAD_TEMPLATE, LANDMARKS, load_rig_files
 
     flame, deca = Path(args.flame).expanduser(), Path(args.deca).expanduser()
-    head = load_head(flame / FLAME_MODEL, flame / FLAME_TEXTURE, deca / HEAD_TEMPLATE, deca / LANDMARKS)
-    return head, load_deca(deca / DECA_MODEL)
+    return load_rig_files(flame / FLAME_MODEL, flame / FLAME_TEXTURE, deca / DECA_MODEL, deca / HEAD_TEMPLATE,
+                          deca / LANDMARKS)
 
 
 def _face_models(args):
@@ -40,42 +39,30 @@ def _write_png(image, path: Path, overwrite: bool) -> None:
 
 
 def cmd_rig_render(args) -> int:
-    import torch
-
     from .images import load_images
     from .rig.model_file import read_model
-    from .rig.pipeline import Sliders, fit_photos, paste_back, plan_edits, render_buffers, sample_edits
+    from .rig.pipeline import Sliders, buffer_pictures, edit_photos
 
-    device = _device()
     head, deca = _assets(args)
-    faces = _face_models(args)
-    photos = load_images([Path(args.photo)], max_side=4096)
-    source = fit_photos(faces, deca, photos, device)
-    target = fit_photos(faces, deca, load_images([Path(args.target)], max_side=4096), device) if args.target else None
-    modes = [m.strip() for m in args.edits.split(",") if m.strip()] if target is not None else []
+    model, info = read_model(Path(args.model)) if args.model else (None, None)
+    if model is not None:
+        print(f"DiffusionRig {Path(args.model).name}: {info.describe()}", file=sys.stderr)
+    targets = load_images([Path(args.target)], max_side=4096) if args.target else None
     sliders = Sliders(args.yaw, args.pitch, args.roll, args.jaw_open, args.expression_scale, args.light_azimuth,
                       args.light_elevation, args.light_strength)
-    plans = plan_edits(source, target, modes, sliders)
-    model, info = read_model(Path(args.model)) if args.model else (None, None)
-    buffers = render_buffers(head.to(device), source, plans,
-                             None if info is None or info.mean_shape is None else info.mean_shape.to(device))
-    out = Path(args.out) / "rig"
-    stem = Path(args.photo).stem
-    if model is not None:
-        print(f"DiffusionRig {Path(args.model).name}: {info.describe()}; {len(plans)} image(s)", file=sys.stderr)
-        stacked = torch.cat([buffers["rendered"], buffers["normal"], buffers["albedo"]], 1)
-        edits = sample_edits(model.to(device), stacked, source, target, plans, args.seed, args.sampling_steps)
-        for k, plan in enumerate(plans):
-            image = edits[k].permute(1, 2, 0).numpy()
-            if args.paste_back:
-                image = paste_back(photos[0].numpy(), source.aligned[plan.source_index], image)
-            _write_png(image, out / f"{stem}_{k:02d}.png", args.overwrite)
-    for k, plan in enumerate(plans):
-        for name, picture in (("rendered", buffers["rendered"][k]),
-                              ("normal", (buffers["normal"][k] + 1) / 2 * buffers["alpha"][k]),
-                              ("albedo", buffers["albedo"][k])):
-            _write_png(picture.permute(1, 2, 0).cpu().numpy(), out / f"{stem}_{k:02d}_{name}.png", args.overwrite)
-        print(f"{stem}_{k:02d}: {plan.label}")
+    result = edit_photos(head, deca, _face_models(args), load_images([Path(args.photo)], max_side=4096), targets,
+                         [m.strip() for m in args.edits.split(",") if m.strip()] if targets else [], sliders, model,
+                         None if info is None else info.mean_shape, args.seed, _device(), paste=args.paste_back,
+                         steps=args.sampling_steps)
+    out, stem = Path(args.out) / "rig", Path(args.photo).stem
+    pictures = buffer_pictures(result.buffers)
+    for k, label in enumerate(result.labels):
+        if result.sampled:
+            _write_png(result.images[k], out / f"{stem}_{k:02d}.png", args.overwrite)
+        for name, file_name in (("rendered", "rendered"), ("normals", "normal"), ("albedo", "albedo")):
+            _write_png(pictures[name][k].permute(1, 2, 0).cpu().numpy(), out / f"{stem}_{k:02d}_{file_name}.png",
+                       args.overwrite)
+        print(f"{stem}_{k:02d}: {label}")
     print(f"-> {out}")
     return 0
 

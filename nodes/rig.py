@@ -59,13 +59,9 @@ class RigAssets:
 
 @functools.lru_cache(maxsize=1)
 def _load_assets(paths: tuple[str, ...], stamps: tuple[float, ...]) -> RigAssets:
-    from pathlib import Path
+    from ..anybody.rig.assets import load_rig_files
 
-    from ..anybody.rig.assets import load_head
-    from ..anybody.rig.deca import load_deca
-
-    flame, texture, deca, obj, landmarks = map(Path, paths)
-    return RigAssets(load_head(flame, texture, obj, landmarks), load_deca(deca), [p.name for p in map(Path, paths)])
+    return RigAssets(*load_rig_files(*paths), [os.path.basename(p) for p in paths])
 
 
 class AnybodyRigAssetsLoader:
@@ -206,54 +202,35 @@ class AnybodyRigRender:
         import comfy.utils
         import torch
 
-        from ..anybody.rig.pipeline import Sliders, fit_photos, plan_edits, render_buffers, sample_edits
-        from ..anybody.rig.pipeline import paste_back as paste
+        from ..anybody.rig.pipeline import Sliders, buffer_pictures, edit_photos
 
         device = mm.get_torch_device()
-        deca = rig_assets.deca
-        mm.free_memory(1 << 30, device)
-        try:
-            source = fit_photos(face_model, deca, _image_batch(image), device)
-            target = fit_photos(face_model, deca, _image_batch(target_image), device) if target_image is not None else None
-        finally:
-            deca.to("cpu")
         modes = [m for m, on in (("light", edit_light), ("exp", edit_expression), ("pose", edit_pose),
                                  ("latent", edit_latent)) if on]
         sliders = Sliders(yaw, pitch, roll, jaw_open, expression_scale, light_azimuth, light_elevation, light_strength)
-        plans = plan_edits(source, target, modes, sliders)
-        mean_shape = rig_model.info.mean_shape if rig_model is not None else None
-        buffers = render_buffers(rig_assets.head.to(device),
-                                 source, plans, None if mean_shape is None else mean_shape.to(device))
-        stacked = torch.cat([buffers["rendered"], buffers["normal"], buffers["albedo"]], 1)
-        if rig_model is not None:
-            net = rig_model.model
-            mm.free_memory(4 * sum(p.numel() for p in net.parameters()) * 3, device)
-            bar = comfy.utils.ProgressBar(1)
+        model = rig_model.model if rig_model is not None else None
+        bar = comfy.utils.ProgressBar(1)
 
-            def step(done, total):
-                mm.throw_exception_if_processing_interrupted()
-                bar.update_absolute(done, total)
+        def step(done, total):
+            mm.throw_exception_if_processing_interrupted()
+            bar.update_absolute(done, total)
 
-            try:  # fp32, as the release samples (the model is small at 256 px); the cached weights stay untouched
-                net.to(device)
-                edits = sample_edits(net, stacked, source, target, plans, seed, on_step=step)
-            finally:
-                net.to("cpu")
-                mm.soft_empty_cache()
-        else:
+        needed = 1 << 30 if model is None else 12 * sum(p.numel() for p in model.parameters())
+        mm.free_memory(needed, device)
+        try:
+            result = edit_photos(rig_assets.head, rig_assets.deca, face_model, _image_batch(image),
+                                 _image_batch(target_image) if target_image is not None else None, modes, sliders,
+                                 model, rig_model.info.mean_shape if rig_model is not None else None, seed, device,
+                                 paste=paste_back, on_step=step)
+        finally:
+            mm.soft_empty_cache()
+        if not result.sampled:
             logging.info("[Anybody] RigRender: no rig_model connected, so 'images' are the shaded renders")
-            edits = buffers["rendered"].clamp(0, 1).cpu()
-        images = edits.permute(0, 2, 3, 1)
-        if paste_back:
-            originals = _image_batch(image)
-            images = torch.stack([torch.from_numpy(paste(originals[p.source_index].cpu().numpy(),
-                                                         source.aligned[p.source_index], images[k].numpy()))
-                                  for k, p in enumerate(plans)]).clamp(0, 1)
-        labels = "\n".join(p.label for p in plans)
-        as_image = lambda t: t.clamp(0, 1).permute(0, 2, 3, 1).cpu().float()  # noqa: E731
-        normals = as_image((buffers["normal"] + 1) / 2 * buffers["alpha"])
+        images = torch.stack([torch.from_numpy(i) for i in result.images])
+        labels = "\n".join(result.labels)
+        pictures = {k: v.permute(0, 2, 3, 1).cpu().float() for k, v in buffer_pictures(result.buffers).items()}
         return {"ui": {"text": [labels]},
-                "result": (images.float(), as_image(buffers["rendered"]), normals, as_image(buffers["albedo"]), labels)}
+                "result": (images, pictures["rendered"], pictures["normals"], pictures["albedo"], labels)}
 
 
 class AnybodyRigPersonalize:

@@ -393,11 +393,9 @@ def rig_files() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _rig_assets(paths: tuple[str, ...], stamp: tuple):
-    from ..rig.assets import load_head
-    from ..rig.deca import load_deca
+    from ..rig.assets import load_rig_files
 
-    flame, texture, deca, obj, landmarks = map(Path, paths)
-    return load_head(flame, texture, obj, landmarks), load_deca(deca)
+    return load_rig_files(*paths)
 
 
 def _rig_file(fields: dict[str, Any], key: str) -> Path:
@@ -440,49 +438,26 @@ def rig_model(fields: dict[str, Any]):
 def rig_render(images: Sequence[torch.Tensor], targets: Sequence[torch.Tensor] | None, fields: dict[str, Any],
                sink=None) -> tuple[dict[str, Any], list]:
     """RigRender: the edits and the buffers of the photos as [H, W, 3] uint8 arrays, with one label each."""
-    from ..rig.pipeline import Sliders, fit_photos, paste_back, plan_edits, render_buffers, sample_edits
+    from ..rig.pipeline import Sliders, buffer_pictures, edit_photos
 
     sink = sink or webui.A1111Sink("DiffusionRig")
     head, deca = rig_assets(fields)
-    models = face_models(fields["face_model"])
-    device = webui.device_of_webui()
-    try:
-        source = fit_photos(models, deca, list(images), device)
-        target = fit_photos(models, deca, list(targets), device) if targets else None
-    finally:
-        deca.to("cpu")
     modes = [m for m, key in (("light", "edit_light"), ("exp", "edit_expression"), ("pose", "edit_pose"),
                               ("latent", "edit_latent")) if fields[key]]
     sliders = Sliders(*(fields[k] for k in ("yaw", "pitch", "roll", "jaw_open", "expression_scale", "light_azimuth",
                                             "light_elevation", "light_strength")))
-    plans = plan_edits(source, target, modes, sliders)
     model = info = None
     if fields["rig_model"]:
         model, info, _ = rig_model(fields)
-    mean_shape = None if info is None or info.mean_shape is None else info.mean_shape.to(device)
-    buffers = render_buffers(head.to(device), source, plans, mean_shape)
-    if model is not None:
-        stacked = torch.cat([buffers["rendered"], buffers["normal"], buffers["albedo"]], 1)
-        try:
-            with webui_offloaded():
-                model.to(device)
-                edits = sample_edits(model, stacked, source, target, plans, fields["seed"],
-                                     on_step=lambda done, total: (sink.check_cancel(), sink.progress(done, total)))
-        finally:
-            model.to("cpu")
-    else:
-        edits = buffers["rendered"].clamp(0, 1).cpu()
-    out = []
-    for k, plan in enumerate(plans):
-        image = edits[k].permute(1, 2, 0).numpy()
-        if fields["paste_back"]:
-            image = paste_back(images[plan.source_index].numpy(), source.aligned[plan.source_index], image)
-        out.append(_uint8(image))
-    pictures = {name: [_uint8(b[k].permute(1, 2, 0).cpu().numpy()) for k in range(len(plans))]
-                for name, b in (("rendered", buffers["rendered"]), ("albedo", buffers["albedo"]),
-                                ("normals", (buffers["normal"] + 1) / 2 * buffers["alpha"]))}
-    return ({"labels": [p.label for p in plans], "model": info.describe() if info is not None else None},
-            [out, pictures])
+    with webui_offloaded():
+        result = edit_photos(head, deca, face_models(fields["face_model"]), list(images), list(targets or []), modes,
+                             sliders, model, None if info is None else info.mean_shape, fields["seed"],
+                             webui.device_of_webui(), paste=fields["paste_back"],
+                             on_step=lambda done, total: (sink.check_cancel(), sink.progress(done, total)))
+    pictures = {name: [_uint8(p.permute(1, 2, 0).cpu().numpy()) for p in group]
+                for name, group in buffer_pictures(result.buffers).items()}
+    return ({"labels": result.labels, "model": info.describe() if info is not None else None},
+            [[_uint8(image) for image in result.images], pictures])
 
 
 def _uint8(image):

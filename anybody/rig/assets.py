@@ -153,3 +153,10 @@ def load_head(flame_model: Path, texture: Path, head_template: Path, landmarks: 
                          posedirs=flame["posedirs"], j_regressor=flame["j_regressor"], weights=flame["weights"],
                          parents=flame["parents"], static_lmk_faces=lmk_faces, static_lmk_bary=lmk_bary)
     return HeadModel(Flame(arrays), tex["mean"], tex["basis"], faces, uv_coords, uv_faces)
+
+
+def load_rig_files(flame_model: Path, texture: Path, deca_model: Path, head_template: Path, landmarks: Path):
+    """``(HeadModel, DecaEncoder)``: everything RigRender needs besides the DiffusionRig model."""
+    from .deca import load_deca  # deca.py names its file through this module
+
+    return load_head(Path(flame_model), Path(texture), Path(head_template), Path(landmarks)), load_deca(Path(deca_model))

@@ -3,8 +3,8 @@
 FLAME's ``generic_model.pkl`` is a Python 2 pickle of numpy arrays, chumpy ``Ch`` objects (whose value is their
 ``x`` attribute) and a scipy sparse matrix; DECA's ``landmark_embedding.npy`` is a pickled dict holding numpy
 arrays and two torch tensors. chumpy does not import on numpy >= 1.24, and the full unpickler would run whatever the
-file names. Here numpy arrays and torch tensors are rebuilt, every other class becomes an inert record of its state,
-and anything able to run code is refused before it is called.
+file names. Here numpy arrays and torch tensors are rebuilt, chumpy and scipy classes become inert stubs that keep
+their state (:mod:`anybody.nets.pickle_stubs`), and anything able to run code is refused before it is called.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import ModelFileError
+from ..nets.pickle_stubs import Stub, _reconstructor, _stub_class
 
 #: numpy's own array/dtype rebuilders under their numpy 1 and numpy 2 module names
 _MULTIARRAY = __import__("numpy._core.multiarray" if np.__version__ >= "2" else "numpy.core.multiarray",
@@ -28,29 +29,10 @@ for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
     _NUMPY[(_module, "_reconstruct")] = _MULTIARRAY._reconstruct
     _NUMPY[(_module, "scalar")] = _MULTIARRAY.scalar
 #: plain containers a pickle may build by name
-_CONTAINERS = {("collections", "OrderedDict"): collections.OrderedDict, ("__builtin__", "set"): set, ("builtins", "set"): set,
-               ("__builtin__", "frozenset"): frozenset, ("builtins", "frozenset"): frozenset}
-#: modules whose classes are data we know how to read (everything else is refused)
-_DATA_MODULES = ("chumpy", "scipy.sparse")
-
-
-class Record:
-    """An object of a class the file names (a chumpy ``Ch``, a scipy matrix): only its pickled state is kept."""
-
-    _name = "Record"
-
-    def __init__(self, *args) -> None:
-        self.__dict__["_args"] = args
-
-    def __setstate__(self, state) -> None:
-        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[0], dict):
-            state = state[0]
-        if not isinstance(state, dict):
-            state = {"_state": state}
-        self.__dict__.update(state)
-
-    def __reduce__(self):  # never pickled again
-        raise TypeError("a Record is not picklable")
+_CONTAINERS = {("collections", "OrderedDict"): collections.OrderedDict, ("__builtin__", "set"): set,
+               ("builtins", "set"): set, ("__builtin__", "frozenset"): frozenset, ("builtins", "frozenset"): frozenset}
+#: packages whose classes are data we know how to read (everything else is refused)
+_DATA_MODULES = ("chumpy.", "scipy.sparse.")
 
 
 def _tensor_from_bytes(data: bytes):
@@ -89,21 +71,10 @@ class _Unpickler(pickle.Unpickler):
             return _tensor_from_bytes
         if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_tensor"):
             return getattr(torch._utils, name)
-        if module.split(".")[0] in ("chumpy",) or module.startswith(_DATA_MODULES):
-            if key not in self.classes:
-                self.classes[key] = type(name, (Record,), {"_name": f"{module}.{name}"})
-            return self.classes[key]
+        if f"{module}.".startswith(_DATA_MODULES):
+            return self.classes.setdefault(key, _stub_class(module, name))
         raise ModelFileError(f"the file asks for {module}.{name}, which a FLAME/DECA data file never contains; it was "
                              "not loaded (nothing in it was run)")
-
-
-def _reconstructor(cls, base, state):
-    if not (isinstance(cls, type) and issubclass(cls, Record)):
-        raise ModelFileError(f"refusing to rebuild {cls!r}")
-    obj = cls.__new__(cls)
-    if state is not None:
-        obj.__setstate__(state)
-    return obj
 
 
 def load_restricted(path: Path, what: str, source: str) -> Any:
@@ -136,13 +107,13 @@ def as_array(value: Any, key: str, path: Path) -> np.ndarray:
         return value
     if isinstance(value, torch.Tensor):
         return value.numpy()
-    if isinstance(value, Record):
+    if isinstance(value, Stub):
         state = value.__dict__
         if isinstance(state.get("x"), np.ndarray):
             return state["x"]
         if all(k in state for k in ("data", "indices", "indptr")) and ("_shape" in state or "shape" in state):
-            return _dense_from_compressed(state, value._name)
-        raise ModelFileError(f"{path.name}: '{key}' is a {value._name} whose value cannot be read without running "
+            return _dense_from_compressed(state, value._stub_name)
+        raise ModelFileError(f"{path.name}: '{key}' is a {value._stub_name} whose value cannot be read without running "
                              "chumpy; convert the file with FLAME's own tools or download it again.")
     raise ModelFileError(f"{path.name}: '{key}' is a {type(value).__name__}, not an array.")
 

@@ -196,3 +196,56 @@ def paste_back(original: np.ndarray, face: AlignedFace, edit: np.ndarray) -> np.
     from ..face.align import paste_back as paste
 
     return paste(original, edit, face.matrix, feathered_square(edit.shape[0]))
+
+
+def buffer_pictures(buffers: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The buffers as viewable images ``(B, 3, H, W)`` in [0, 1]: normals as (n+1)/2, black where no head is."""
+    return {"rendered": buffers["rendered"].clamp(0, 1), "normals": ((buffers["normal"] + 1) / 2 * buffers["alpha"]),
+            "albedo": buffers["albedo"].clamp(0, 1)}
+
+
+@dataclass
+class RenderedEdits:
+    """What RigRender makes, in every front end's terms."""
+
+    plans: list[Edit]
+    images: list[np.ndarray]           # [H, W, 3] float32 in [0, 1]: the edits (pasted back if asked), or the renders
+    buffers: dict[str, torch.Tensor]   # rendered, normal, albedo, alpha: (N, 3|1, 256, 256)
+    sampled: bool                      # False: no model, the images are the shaded renders
+
+    @property
+    def labels(self) -> list[str]:
+        return [p.label for p in self.plans]
+
+
+def edit_photos(head: HeadModel, deca, face_models, photos: Sequence[torch.Tensor],
+                targets: Sequence[torch.Tensor] | None, modes: Sequence[str], sliders: Sliders,
+                model: DiffusionRig | None, mean_shape: torch.Tensor | None, seed: int, device,
+                paste: bool = False, steps: int = SAMPLING_STEPS,
+                on_step: Callable[[int, int], None] | None = None) -> RenderedEdits:
+    """RigRender end to end: fit ``photos`` (and ``targets``), plan the edits, render their buffers and, with a
+    model, sample them (fp32, as the release; DECA and the model go back to the CPU afterwards)."""
+    try:
+        source = fit_photos(face_models, deca, photos, device)
+        target = fit_photos(face_models, deca, targets, device) if targets else None
+    finally:
+        deca.to("cpu")
+    plans = plan_edits(source, target, modes, sliders)
+    buffers = render_buffers(head.to(device), source, plans, None if mean_shape is None else mean_shape.to(device))
+    if model is not None:
+        stacked = torch.cat([buffers["rendered"], buffers["normal"], buffers["albedo"]], 1)
+        try:
+            model.to(device)
+            edits = sample_edits(model, stacked, source, target, plans, seed, steps, on_step=on_step)
+        finally:
+            model.to("cpu")
+    else:
+        edits = buffers["rendered"].clamp(0, 1).cpu()
+    images = []
+    for k, plan in enumerate(plans):
+        image = edits[k].permute(1, 2, 0).float().numpy()
+        if paste:
+            original = photos[plan.source_index].detach().cpu().float().numpy()
+            image = paste_back(original, source.aligned[plan.source_index], image)
+        images.append(np.clip(image, 0, 1).astype(np.float32))
+    return RenderedEdits(plans, images, buffers, model is not None)
