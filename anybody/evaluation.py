@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from .errors import BadInputError, ModelFileError
 from .face.score import identity_report
 from .identity import Identity
-from .train.sampling import ddim_sample
 
 DEFAULT_PROMPTS = ("a photo of {word} person",
                    "a close-up portrait of {word} person smiling, studio lighting",
@@ -76,7 +75,7 @@ def render(host, identity: Identity, settings: EvalSettings) -> list[Render]:
             cond = host.encode_prompts([prompt.format(word=word)], injections)
         for seed in settings.seeds:
             noise = torch.randn((1, 4, size // 8, size // 8), generator=torch.Generator().manual_seed(int(seed)))
-            latents = ddim_sample(host, cond, uncond, noise, settings.steps, settings.guidance)
+            latents = host.sample_ddim(cond, uncond, noise, settings.steps, settings.guidance)
             out.append(Render(prompt, int(seed), host.decode_latents(latents)[0].float().cpu()))
     return out
 

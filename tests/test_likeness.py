@@ -120,6 +120,28 @@ def test_ddim_matches_diffusers_ddim_scheduler(host):
     assert torch.allclose(ours, x, atol=1e-4), (ours - x).abs().max()
 
 
+def test_the_cli_host_renders_with_diffusers_ddim_from_its_scheduler_config(host, monkeypatch):
+    """The diffusers host's own sampler is diffusers' DDIMScheduler made from the checkpoint's config: it visits SD's
+    timesteps, equals our DDIM, and pairs each prompt with its own noise."""
+    from diffusers import DDIMScheduler
+
+    from anybody.host.base import Cond
+    from anybody.train.sampling import ddim_sample
+
+    visited = []
+    real_step = DDIMScheduler.step
+    monkeypatch.setattr(DDIMScheduler, "step", lambda self, out, t, x, **k: visited.append(int(t)) or
+                        real_step(self, out, t, x, **k))
+    cond = host.encode_prompts(["a photo of a person", "an oil painting of a dog"])
+    uncond = host.encode_prompts([""])
+    noise = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    rendered = host.sample_ddim(cond, uncond, noise, steps=5, guidance=4.0)
+    assert visited == [801, 601, 401, 201, 1]
+    assert torch.allclose(rendered, ddim_sample(host, cond, uncond, noise, 5, 4.0), atol=1e-4)
+    alone = host.sample_ddim(Cond(cond.context[1:]), uncond, noise[1:], steps=5, guidance=4.0)
+    assert torch.allclose(alone[0], rendered[1], atol=1e-4)
+
+
 # --- Cross-Init with the curve on: real renders, real face models ------------------------------------------------
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -155,16 +177,15 @@ def test_cross_init_scores_real_renders_at_the_cadence_and_records_the_curve(hos
     from anybody.face.score import report_from_embeddings
     from anybody.methods import cross_init as ci
     from anybody.methods import likeness
-    from anybody.train import sampling
 
     renders, probes = [], []
-    real_sample = sampling.ddim_sample
+    real_sample = host.sample_ddim
 
     def counting(*args, **kwargs):
         renders.append(1)
         return real_sample(*args, **kwargs)
 
-    monkeypatch.setattr(likeness, "ddim_sample", counting)
+    monkeypatch.setattr(host, "sample_ddim", counting)
     real_probe = likeness.identity_probe
 
     def keep(*args, **kwargs):
@@ -231,8 +252,8 @@ def test_celeb_basis_scores_every_person_of_a_joint_run(host, face_models, tmp_p
         crops.append(torch.from_numpy(crop).float() / 255)
     people = [cb.Person("cb_la", [crops[0]]), cb.Person("cb_lb", [crops[1]])]
     renders = []
-    real = likeness.ddim_sample
-    monkeypatch.setattr(likeness, "ddim_sample", lambda *a, **k: renders.append(1) or real(*a, **k))
+    real = host.sample_ddim
+    monkeypatch.setattr(host, "sample_ddim", lambda *a, **k: renders.append(1) or real(*a, **k))
     config = cb.CelebBasisConfig(steps=2, resolution=64, views=2, save_every=0, preview_every=0, likeness_every=2)
     results = cb.train_celeb_basis(host, people, torch_recognizer(tmp_path / "backbone.pth"), config,
                                    face_models=face_models)

@@ -52,7 +52,7 @@ def test_sdxl_identity_has_one_pair_per_encoder_and_round_trips_through_the_diff
     enc_l, enc_g = host.encoders["clip_l"], host.encoders["clip_g"]
     pipe = StableDiffusionXLPipeline(vae=host.vae, text_encoder=enc_l.model, text_encoder_2=enc_g.model,
                                      tokenizer=enc_l.tokenizer, tokenizer_2=enc_g.tokenizer, unet=host.unet,
-                                     scheduler=EulerDiscreteScheduler(**SD_SCHEDULER))
+                                     scheduler=EulerDiscreteScheduler.from_config(SD_SCHEDULER))
     pipe.load_textual_inversion(stored["clip_l"], token="<bob>", text_encoder=pipe.text_encoder,
                                 tokenizer=pipe.tokenizer)
     pipe.load_textual_inversion(stored["clip_g"], token="<bob>", text_encoder=pipe.text_encoder_2,

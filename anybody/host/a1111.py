@@ -486,6 +486,37 @@ class A1111Host(Host):
             for module in modules:
                 del module.forward
 
+    def render_identity(self, prompts: Sequence[str], injections: Injections, seeds: Sequence[int],
+                        latent_shape: Sequence[int], steps: int, guidance: float) -> torch.Tensor:
+        """The webui's own txt2img processing, as its textual-inversion trainer renders previews mid-run: the words
+        bound to the current vectors as temporary embeddings, sampler DDIM, the user's settings otherwise (clip skip,
+        VAE, noise source); nothing saved, no scripts, no face restoration (it would change what is scored). The VAE
+        comes back to the GPU for the decode if training moved it off."""
+        import numpy as np
+        from modules import devices, processing
+
+        height, width = latent_shape[-2] * 8, latent_shape[-1] * 8
+        words = {w: (next(iter(v.values())) if len(v) == 1 else dict(v)) for w, v in injections.items()}
+        words = {w: (v.detach() if torch.is_tensor(v) else {k: t.detach() for k, t in v.items()})
+                 for w, v in words.items()}
+        p = processing.StableDiffusionProcessingTxt2Img(
+            sd_model=self.sd_model, prompt=list(prompts), negative_prompt="", seed=[int(s) for s in seeds],
+            sampler_name="DDIM", steps=steps, cfg_scale=guidance, width=width, height=height,
+            batch_size=len(prompts), n_iter=1, restore_faces=False, tiling=False, do_not_save_samples=True,
+            do_not_save_grid=True, do_not_reload_embeddings=True)
+        p.cached_c, p.cached_uc = [None, None], [None, None]  # cached by prompt text, not by the vectors bound
+        vae = self.sd_model.first_stage_model
+        vae_device = next(vae.parameters()).device
+        try:
+            vae.to(devices.device)
+            with temporary_embeddings(self.sd_model, words), contextlib.closing(p), torch.no_grad():
+                processed = processing.process_images(p)
+        finally:
+            vae.to(vae_device)
+        self.sink.check_cancel()  # an Interrupt ends the render early with what it had
+        rendered = processed.images[processed.index_of_first_image:]
+        return torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"))).float() / 255 for im in rendered])
+
     def decode_differentiable(self, latents: torch.Tensor) -> torch.Tensor:
         """Through an fp32 copy of the checkpoint's VAE made for this training run (the webui's may be fp16, or
         moved to RAM while training)."""

@@ -172,6 +172,31 @@ class Host(ABC):
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         """The UNet's native output (eps or v) for DDPM timesteps ``t``; differentiable."""
 
+    def sample_ddim(self, cond: Cond, uncond: Cond, noise: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
+        """Latents (this host's latent space) from unit ``noise [B,C,h,w]`` by guided DDIM (eta 0, SD's leading
+        timesteps) under ``cond`` (batch B, or 1) against ``uncond`` (batch 1): how the likeness curve and the
+        evaluation harness render, on the model being trained. Hosts with a sampler of their own run it (ComfyUI's
+        KSampler, the diffusers pipeline); this is ours on ``predict``."""
+        from ..train.sampling import ddim_sample
+
+        return ddim_sample(self, cond, uncond, noise, steps, guidance)
+
+    def render_identity(self, prompts: Sequence[str], injections: Injections, seeds: Sequence[int],
+                        latent_shape: Sequence[int], steps: int, guidance: float) -> torch.Tensor:
+        """``[B,H,W,3]`` images in [0, 1] (CPU) of ``prompts`` (one seed each) with ``injections`` bound, rendered
+        mid-training by ``sample_ddim`` against the empty prompt and decoded by the training decoder (the shared
+        VAE could evict the model being trained). Hosts whose own image pipeline can render a word's vectors run
+        that instead (A1111's processing). ``latent_shape``: ``[C, h, w]``."""
+        noise = torch.cat([torch.randn((1, *latent_shape), generator=torch.Generator().manual_seed(int(seed)))
+                           for seed in seeds])
+        with torch.no_grad(), self.autocast():
+            cond = self.encode_prompts(prompts, injections)
+            uncond = self.encode_prompts([""])
+        latents = self.sample_ddim(cond, uncond, noise, steps, guidance)
+        self.sink.check_cancel()
+        with torch.no_grad():
+            return self.decode_differentiable(latents).permute(0, 2, 3, 1).float().cpu()
+
     # --- runtime ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def training(self, batch_pixels: int = 0, checkpointing: bool = False,

@@ -264,6 +264,7 @@ class ComfyHost(Host):
         self._alphas = 1.0 / (1.0 + sigmas**2)
         self._train_model = self._train_clip = None
         self._train_decoder = None
+        self._reserve = 0
 
     @property
     def alphas_cumprod(self) -> torch.Tensor:
@@ -394,6 +395,7 @@ class ComfyHost(Host):
             try:
                 self.sink.check_cancel()
                 copies.load_fully([train_model, train_clip.patcher], memory_required=reserve)
+                self._reserve = reserve
                 self.sink.log(f"Training on {train_model.load_device} in {str(self.compute_dtype).replace('torch.', '')}"
                               f" ({reserve / 2**30:.1f} GiB reserved for activations)")
                 self._train_model, self._train_clip = train_model, train_clip
@@ -468,6 +470,33 @@ class ComfyHost(Host):
                               **extra).float()
         eps = (x - x0) / sigma
         return diffusion.target(self.prediction, x0, eps, a)
+
+    def sample_ddim(self, cond: Cond, uncond: Cond, noise: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
+        """ComfyUI's own sampler, as a KSampler node runs it ("ddim" with the "ddim_uniform" scheduler: SD's DDIM
+        timesteps, ending at sigma 0), on the active model: mid-run the training copy with its adapters and the
+        MODEL's patches, so a render is what a KSampler would make of the current identity. Loading for sampling may
+        move weights to make room, so the training copies are loaded whole again afterwards."""
+        import comfy.sample
+
+        from . import comfy_training as copies
+
+        patcher = self.active_model()
+        h, w = noise.shape[-2] * 8, noise.shape[-1] * 8
+
+        def conditioning(c: Cond) -> list:
+            options = {}
+            if c.pooled is not None:  # as CLIPTextEncodeSDXL sets them
+                options = {"pooled_output": c.pooled.detach(), "width": w, "height": h, "crop_w": 0, "crop_h": 0,
+                           "target_width": w, "target_height": h}
+            return [[c.context.detach(), options]]
+
+        noise = noise.detach().float().cpu()
+        with torch.no_grad():
+            samples = comfy.sample.sample(patcher, noise, steps, guidance, "ddim", "ddim_uniform", conditioning(cond),
+                                          conditioning(uncond), torch.zeros_like(noise), disable_pbar=True, seed=0)
+        if self._train_model is not None:
+            copies.load_fully([self._train_model, self._train_clip.patcher], memory_required=self._reserve)
+        return patcher.model.process_latent_in(samples.float()).to(self.device)
 
     def autocast(self):
         return contextlib.nullcontext()  # ComfyUI computes in the model's own dtype (loss scaling covers fp16)

@@ -89,6 +89,7 @@ class DiffusersHost(Host):
             self.unet.to(self.dtype)
         self.prediction = "v" if scheduler_config.get("prediction_type") == "v_prediction" else "eps"
         self._alphas = _alphas_cumprod(scheduler_config)
+        self.scheduler_config = dict(scheduler_config)
         self.scaling_factor = float(getattr(vae.config, "scaling_factor", 0.18215))
         self.out_dir = Path(out_dir)
         self.sink = sink or ConsoleSink()
@@ -130,6 +131,29 @@ class DiffusersHost(Host):
         out = self.unet(x_t.to(self.device, self.dtype), t.to(self.device),
                         encoder_hidden_states=cond.context.to(self.device, self.dtype), **extra).sample
         return out.float()
+
+    @torch.no_grad()
+    def sample_ddim(self, cond: Cond, uncond: Cond, noise: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
+        """diffusers' DDIMScheduler made from the checkpoint's scheduler config, in the pipelines' denoising loop
+        (DDIM needs no input scaling and starts at unit noise), on ``predict``: the adapters and the low-memory
+        weights take part as in training. Latents are never clipped, whatever the config says about pixels."""
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler.from_config(self.scheduler_config, clip_sample=False)
+        scheduler.set_timesteps(steps)
+        b = len(noise)
+
+        def repeated(c: Cond, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+            return c.context.repeat(n, 1, 1), None if c.pooled is None else c.pooled.repeat(n, 1)
+
+        (uc, up), (cc, cp) = repeated(uncond, b // len(uncond.context)), repeated(cond, b // len(cond.context))
+        both = Cond(torch.cat([uc, cc]), None if cp is None else torch.cat([up, cp]))
+        x = noise.to(self.device, torch.float32) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            with self.autocast():
+                plain, guided = self.predict(torch.cat([x, x]), t.repeat(2 * b), both).float().chunk(2)
+            x = scheduler.step(plain + guidance * (guided - plain), t, x).prev_sample
+        return x
 
     def lora_roots(self) -> dict[str, torch.nn.Module]:
         roots = {"unet": self.unet}

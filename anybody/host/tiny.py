@@ -13,7 +13,8 @@ import torch
 from ..assets import clip_tokenizer
 
 SD_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
-                "beta_schedule": "scaled_linear", "prediction_type": "epsilon"}
+                "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "steps_offset": 1,
+                "set_alpha_to_one": False, "clip_sample": False}
 
 
 def _tiny_vae(scaling_factor: float):

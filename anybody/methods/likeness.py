@@ -1,9 +1,9 @@
 """How a trainer renders its current identity and scores it: the probe behind the likeness curve.
 
-Fixed prompts and seeds, DDIM on the model being trained (``train/sampling.py``), decoded through the host's
-training decoder (a VAE copy of its own: decoding with the host's shared VAE could evict the training model), then
-the faces are scored against the reference photos with the loaded recognizer (``face/score.py``), exactly as
-IdentityScore scores generated images.
+Fixed prompts and seeds, DDIM on the model being trained, rendered by the host's own image pipeline
+(``Host.render_identity``: ComfyUI's KSampler, diffusers' DDIMScheduler, A1111's txt2img processing), then the faces
+are scored against the reference photos with the loaded recognizer (``face/score.py``), exactly as IdentityScore
+scores generated images.
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from ..face.detect import detect_faces, select_face
 from ..face.pipeline import embed_faces, to_uint8
 from ..face.score import report_from_embeddings
 from ..train.likeness import Evaluation
-from ..train.sampling import ddim_sample
 
 #: two framings, so one lucky composition does not decide the curve; ``{word}`` is the identity's placeholder
 PROMPTS = ("a photo of {word} person", "a close-up portrait photo of {word} person, looking at the camera")
@@ -57,20 +56,14 @@ def identity_probe(host, injections, word: str, faces_in: Callable[[np.ndarray],
     mapping of live tensors, or a function giving one, or None when there is nothing to render yet) and score the
     faces ``faces_in`` finds in the renders (``embedder_of(face_models)``, or a method's own detector and
     recognizer). ``latent_shape``: ``[C, h, w]`` of the training latents."""
-    noise = torch.cat([torch.randn((1, *latent_shape), generator=torch.Generator().manual_seed(seed))
-                       for seed in seeds])
-
     def probe() -> Evaluation:
         host.sink.check_cancel()
         current = injections() if callable(injections) else injections
         if current is None:
             return Evaluation(None, 0.0)
-        with host.autocast():
-            cond = host.encode_prompts([p.format(word=word) for p in prompts], current)
-            uncond = host.encode_prompts([""])
-        latents = ddim_sample(host, cond, uncond, noise, steps, guidance)
+        images = host.render_identity([p.format(word=word) for p in prompts], current, seeds, latent_shape, steps,
+                                      guidance)
         host.sink.check_cancel()
-        images = host.decode_differentiable(latents).permute(0, 2, 3, 1).float().cpu()
         generated = [np.asarray(faces_in(to_uint8(image))).reshape(-1, references.shape[1]) for image in images]
         report = report_from_embeddings(generated, references)
         probe.last_images = images  # what was scored, for tests and debugging

@@ -183,6 +183,16 @@ def _register(demo, app):
                             [types.SimpleNamespace(name=p) for p in body["styles"]], *[values[k] for k in tab.MC_CONTROLS]))
 
 
+    @app.get("/anybody-probe/denoised")
+    def denoised():
+        """What the webui's own samplers denoised since the last call (steps and their batch sizes)."""
+        seen = list(DENOISED)
+        DENOISED.clear()
+        return {"steps": seen}
+
+
+DENOISED = []
+script_callbacks.on_cfg_denoiser(lambda params: DENOISED.append([params.total_sampling_steps, len(params.x)]))
 script_callbacks.on_app_started(_register)
 '''
 
@@ -411,7 +421,10 @@ def test_face_routes_use_the_webuis_insightface_folder(webui):
     trained = webui.post("/anybody/v1/train/cross-init", {"images": [photo, blank], "name": "faced", **TRAIN,
                                                           "face_model": "testpack"})
     assert trained["warnings"] and trained["warnings"][0].startswith("No face found in photo 2:"), trained
-    # the likeness curve: rendered by the webui's model being trained, scored by the pack, kept in the file
+    # the likeness curve: rendered by the webui's own txt2img processing on the model being trained (its DDIM
+    # sampler: 15 steps, both prompts in one batch, each evaluation), scored by the pack, kept in the file; training
+    # goes on after the first evaluation
+    webui.get("/anybody-probe/denoised")
     liked = webui.post("/anybody/v1/train/cross-init", {"images": [photo], "name": "liked", **TRAIN,
                                                         "face_model": "testpack", "likeness_every": 1})
     from safetensors import safe_open
@@ -419,6 +432,7 @@ def test_face_routes_use_the_webuis_insightface_folder(webui):
     with safe_open(liked["path"], "pt") as f:
         curve = json.loads(f.metadata()["anybody.likeness.curve"])
     assert [point[0] for point in curve] == [1, 2] and "likeness" in liked, liked
+    assert webui.get("/anybody-probe/denoised")["steps"] == [[15, 4]] * 30  # per step: 2 prompts + 2 unconds
 
 
 def test_tab_builds_in_the_page_with_its_controls(tmp_path_factory):
