@@ -1,9 +1,8 @@
 """The likeness curve: cadence, the kept best step, early stop on a plateau, exact resume, DDIM parity, and the
 Cross-Init run that renders and scores its identity with real face models."""
 import json
-from dataclasses import replace
-import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -238,7 +237,6 @@ def test_celeb_basis_scores_every_person_of_a_joint_run(host, face_models, tmp_p
 
     from anybody.face.recognizer import torch_recognizer
     from anybody.methods import celeb_basis as cb
-    from anybody.methods import likeness
     from anybody.nets.iresnet import IResNet
 
     torch.manual_seed(7)
