@@ -1,5 +1,5 @@
 """ComfyUI nodes: thin layers from sockets to the core and back. One module per capability."""
-from .adaface import AnybodyAdaFaceEncode, AnybodyAdaFaceLoader
+from .adaface import AnybodyAdaFaceEncode, AnybodyAdaFaceLoader, AnybodyGuidanceAnneal
 from .celeb_basis import AnybodyCelebBasisEmbed
 from .cross_init import AnybodyCrossInitTrain
 from .face import (AnybodyFaceAlign, AnybodyFaceModelFromMediaPipe, AnybodyFaceModelLoader, AnybodyFaceParse,
@@ -16,6 +16,7 @@ NODE_CLASS_MAPPINGS = {
     "AnybodyIdentityScore": AnybodyIdentityScore,
     "AnybodyAdaFaceLoader": AnybodyAdaFaceLoader,
     "AnybodyAdaFaceEncode": AnybodyAdaFaceEncode,
+    "AnybodyGuidanceAnneal": AnybodyGuidanceAnneal,
     "AnybodyFaceRecognizerLoader": AnybodyFaceRecognizerLoader,
     "AnybodyCelebBasisEmbed": AnybodyCelebBasisEmbed,
     "AnybodyMagiCaptureLoRA": AnybodyMagiCaptureLoRA,
@@ -33,6 +34,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "AnybodyIdentityScore": "IdentityScore (Anybody)",
     "AnybodyAdaFaceLoader": "AdaFaceLoader (Anybody)",
     "AnybodyAdaFaceEncode": "AdaFaceEncode (Anybody)",
+    "AnybodyGuidanceAnneal": "GuidanceAnneal (Anybody)",
     "AnybodyFaceRecognizerLoader": "FaceRecognizerLoader (Anybody)",
     "AnybodyCelebBasisEmbed": "CelebBasisEmbed (Anybody)",
     "AnybodyMagiCaptureLoRA": "MagiCaptureLoRA (Anybody)",

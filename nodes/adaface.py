@@ -159,3 +159,37 @@ class AnybodyAdaFaceEncode:
                         + (f"; saved {os.path.basename(path)}" if path else ""))
         return {"ui": {"text": messages}, "result": (clip_with_identity(clip, identity), identity, path)}
 
+
+
+class AnybodyGuidanceAnneal:
+    CATEGORY = "Anybody/adaface"
+    FUNCTION = "patch"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("the input MODEL, sampling with the annealed guidance; the input is unchanged",)
+    DESCRIPTION = ("AdaFace's evaluation guidance (NeurIPS 2024 script): classifier-free guidance falling linearly "
+                   "from `start` at the first step to `end` at the last, over the KSampler's own steps, in place of "
+                   "its cfg (which is then ignored). Works with any checkpoint and sampler; it replaces another "
+                   "sampler_cfg_function patch (RescaleCFG ...) on the same MODEL.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..anybody.methods.adaface import ANNEALED_GUIDANCE
+
+        start, end = ANNEALED_GUIDANCE
+        return {"required": {
+            "model": ("MODEL",),
+            "start": ("FLOAT", {"default": start, "min": 0.0, "max": 30.0, "step": 0.1,
+                                "tooltip": "guidance at the first step (the authors': 4)"}),
+            "end": ("FLOAT", {"default": end, "min": 0.0, "max": 30.0, "step": 0.1,
+                              "tooltip": "guidance at the last step (the authors': 1)"}),
+        }}
+
+    def patch(self, model, start, end):
+        from ..anybody.host.comfy import AnnealedGuidance
+
+        if "sampler_cfg_function" in model.model_options:
+            logging.warning("[Anybody] GuidanceAnneal replaces the MODEL's earlier sampler_cfg_function patch")
+        patched = model.clone()
+        # the unconditioned pass must run even where a step's guidance (or the KSampler's cfg) is 1
+        patched.set_model_sampler_cfg_function(AnnealedGuidance(start, end), disable_cfg1_optimization=True)
+        return (patched,)

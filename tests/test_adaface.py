@@ -368,3 +368,31 @@ def test_cache_follows_the_content_of_the_source(tmp_path, monkeypatch):
     second = adaface_files.subject_generator_tensors(path)
     key = "prompt2token_proj.text_model.embeddings.token_embedding.weight"
     assert not torch.equal(first[key], second[key]) and torch.equal(second[key], other.embeddings.token_embedding.weight)
+
+
+def test_annealed_guidance_falls_linearly_from_4_to_1_over_the_steps():
+    """Spec check 9 (the authors' NeurIPS evaluation): g_0 = 4, g_49 = 1, linear in between."""
+    from anybody.methods.adaface import annealed_guidance
+
+    scales = [annealed_guidance(i, 50) for i in range(50)]
+    assert scales[0] == 4.0 and scales[49] == 1.0
+    assert all(abs(g - (4 - 3 * i / 49)) < 1e-12 for i, g in enumerate(scales))
+    assert annealed_guidance(0, 1) == 4.0 and annealed_guidance(7, 5, 6.0, 2.0) == 2.0
+
+
+def test_comfyui_guidance_hook_finds_the_step_from_the_sigma_and_mixes_as_cfg_does():
+    """The ComfyUI sampler_cfg_function: the step is the sigma's place among the sampled sigmas (the closing 0 is
+    never denoised), and the result, in ComfyUI's x - denoised form, is uncond + g (cond - uncond)."""
+    from anybody.errors import AnybodyError
+    from anybody.host.comfy import AnnealedGuidance
+
+    sigmas = torch.tensor([14.6, 7.0, 3.0, 1.0, 0.3, 0.0])
+    hook = AnnealedGuidance(4.0, 1.0)
+    assert [hook.scale(torch.tensor([s, s]), sigmas) for s in sigmas[:-1]] == [4.0, 3.25, 2.5, 1.75, 1.0]
+    assert hook.scale(torch.tensor([2.9]), sigmas) == 2.5, "a sigma between steps (heun) takes the nearest step's"
+    cond, uncond = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    args = {"cond": cond, "uncond": uncond, "sigma": torch.tensor([3.0, 3.0]),
+            "model_options": {"transformer_options": {"sample_sigmas": sigmas}}}
+    assert torch.allclose(hook(args), uncond + 2.5 * (cond - uncond))
+    with pytest.raises(AnybodyError, match="sample_sigmas"):
+        hook({**args, "model_options": {}})

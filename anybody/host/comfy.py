@@ -19,7 +19,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ..errors import WrongModelFamilyError
+from ..errors import AnybodyError, WrongModelFamilyError
 from ..text.embedding_file import FAMILY_ENCODERS, FAMILY_LABEL
 from ..text.prompt import PromptRows
 from ..train import diffusion
@@ -237,6 +237,30 @@ def _prediction_of(model_sampling) -> str:
 #: LoRA tree -> the text encoder's attribute on ComfyUI's CLIP model, per family (kohya: te, or te1/te2 for SDXL)
 _LORA_TREES = {"sd1": {"te": "clip_l"}, "sd2": {"te": "clip_h"}, "sdxl": {"te1": "clip_l", "te2": "clip_g"}}
 _ACTIVATION_BYTES_PER_PIXEL = {"sd1": 6 * 1024, "sd2": 6 * 1024, "sdxl": 4 * 1024}
+
+
+class AnnealedGuidance:
+    """A ``sampler_cfg_function``: classifier-free guidance that follows ``methods.adaface.annealed_guidance`` over
+    the sampler's own steps (found from the sigma being denoised among ``sample_sigmas``), in place of the cfg set on
+    the KSampler. A sampler that evaluates between steps (heun, dpm_2) gets its nearest step's scale."""
+
+    def __init__(self, start: float, end: float) -> None:
+        self.start, self.end = float(start), float(end)
+
+    def scale(self, sigma: torch.Tensor, sample_sigmas: torch.Tensor) -> float:
+        from ..methods.adaface import annealed_guidance
+
+        visited = sample_sigmas[:-1].float().cpu()  # the last sigma is where sampling ends (0), never denoised
+        step = int((visited - sigma.flatten()[0].float().cpu()).abs().argmin())
+        return annealed_guidance(step, len(visited), self.start, self.end)
+
+    def __call__(self, args: dict) -> torch.Tensor:
+        sample_sigmas = args["model_options"].get("transformer_options", {}).get("sample_sigmas")
+        if sample_sigmas is None:
+            raise AnybodyError("This ComfyUI is too old to tell the model which steps it samples (sample_sigmas), "
+                               "which the guidance anneal needs. Update ComfyUI, or remove the node.")
+        g = self.scale(args["sigma"], sample_sigmas)
+        return args["uncond"] + (args["cond"] - args["uncond"]) * g
 
 
 class ComfyHost(Host):

@@ -95,6 +95,19 @@ def apply_strength(vectors: torch.Tensor, strength: float, pad: torch.Tensor | N
 
 
 #: AdaFace's own preprocessing: the photo, padded to a square, at 512x512 (nearest) and detected at that size
+#: the authors' NeurIPS evaluation: guidance annealed linearly from 4 at the first DDIM step to 1 at the last
+ANNEALED_GUIDANCE = (4.0, 1.0)
+
+
+def annealed_guidance(step: int, steps: int, start: float = ANNEALED_GUIDANCE[0],
+                      end: float = ANNEALED_GUIDANCE[1]) -> float:
+    """The guidance scale at ``step`` (0-based) of ``steps``: ``start`` at the first, ``end`` at the last, linear
+    in between (``g_i = 4 - 3 i / 49`` for the authors' 50 steps)."""
+    if steps <= 1:
+        return float(start)
+    return float(start + (end - start) * min(max(step, 0), steps - 1) / (steps - 1))
+
+
 PREPROCESS_SIZE = 512
 
 

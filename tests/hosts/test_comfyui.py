@@ -720,6 +720,33 @@ def test_adaface_graph_binds_a_face_the_stock_loader_reads_the_same(comfy_env):
 
 
 
+def test_guidance_anneal_steers_each_sampler_step_by_the_authors_schedule(comfy_env):
+    """GuidanceAnneal on a real KSampler run: the guidance each step applied (read back from the cond, uncond and
+    result ComfyUI hands its post-cfg hooks) falls 4 -> 1 over the steps, though the KSampler says cfg 1 (so its
+    cfg is ignored and the unconditioned pass still runs); the input MODEL is not patched."""
+    import comfy.sample
+    import nodes as comfy_nodes
+
+    model, clip, vae = _load_tiny(comfy_env)
+    (patched,) = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyGuidanceAnneal"]().patch(model, 4.0, 1.0)
+    assert "sampler_cfg_function" not in model.model_options
+    applied = []
+
+    def record(args):
+        result, cond, uncond = args["denoised"], args["cond_denoised"], args["uncond_denoised"]
+        applied.append((((result - uncond) * (cond - uncond)).sum() / ((cond - uncond) ** 2).sum()).item())
+        return result
+
+    patched.set_model_sampler_post_cfg_function(record)
+    with torch.inference_mode():
+        positive = comfy_nodes.CLIPTextEncode().encode(clip, "a photo of a person")[0]
+        negative = comfy_nodes.CLIPTextEncode().encode(clip, "")[0]
+        noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        comfy.sample.sample(patched, noise, 5, 1.0, "euler", "normal", positive, negative, torch.zeros_like(noise),
+                            disable_pbar=True, seed=0)
+    assert applied == pytest.approx([4.0, 3.25, 2.5, 1.75, 1.0], abs=1e-4)
+
+
 def test_adaface_refuses_an_sdxl_clip(comfy_env, sdxl_objects):
     node = comfy_env["nodes"].NODE_CLASS_MAPPINGS["AnybodyAdaFaceEncode"]()
     with pytest.raises(Exception, match="AdaFace makes SD1.x prompt vectors .* this CLIP is SDXL"):
