@@ -30,6 +30,19 @@ def test_axis_angle_inverts_rodrigues():
     assert torch.equal(axis_angle(torch.eye(3)[None]), torch.zeros(1, 3))
 
 
+def test_axis_angle_keeps_the_axis_of_turns_near_180_degrees():
+    """Where sin(angle) fades (a head turned round), the axis still comes back, and at exactly 180 degrees either
+    sign is the same rotation."""
+    axes = torch.nn.functional.normalize(torch.randn(32, 3, dtype=torch.float64), dim=1)
+    for angle in (math.pi / 2, 2.5, math.pi - 1e-3, math.pi - 1e-6):
+        v = axes * angle
+        assert torch.allclose(axis_angle(rodrigues(v)), v, atol=1e-6), angle
+    half_turn = rodrigues(axes * math.pi)
+    assert torch.allclose(rodrigues(axis_angle(half_turn)), half_turn, atol=1e-9)
+    near = rodrigues(axes.float() * (math.pi - 1e-5))  # poses are float32: the angle must not come from acos there
+    assert torch.allclose(rodrigues(axis_angle(near)), near, atol=1e-5)
+
+
 def test_sliders_turn_open_rescale_and_relight():
     code = FaceCode.split(torch.zeros(1, CODE_SIZE))
     code.light[:, 0] = torch.tensor([0.5, 0.6, 0.7])

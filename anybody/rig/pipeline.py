@@ -80,15 +80,24 @@ class Sliders:
 
 
 def axis_angle(rotation: torch.Tensor) -> torch.Tensor:
-    """The axis-angle vector of rotation matrices ``(..., 3, 3)`` (inverse of :func:`rodrigues` for angles < pi)."""
+    """The axis-angle vector (angle in [0, pi]) of rotation matrices ``(..., 3, 3)``: the inverse of :func:`rodrigues`.
+    Below 90 degrees the axis comes from the antisymmetric part (2 sin(angle) axis); above, where sin(angle) fades,
+    from the symmetric part (cos(angle) I + (1 - cos(angle)) axis axis^T) by its best-conditioned column, with the
+    sign the antisymmetric part gives: a head turned near 180 degrees keeps its axis."""
     cos = ((rotation.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
-    angle = torch.acos(cos)
     skew = torch.stack([rotation[..., 2, 1] - rotation[..., 1, 2], rotation[..., 0, 2] - rotation[..., 2, 0],
                         rotation[..., 1, 0] - rotation[..., 0, 1]], -1)
+    angle = torch.atan2(skew.norm(dim=-1) / 2, cos)  # acos loses the angle near 0 and pi
     sin = angle.sin()
     regular = sin.abs() > 1e-6
     scale = torch.where(regular, angle / (2 * torch.where(regular, sin, torch.ones_like(sin))), torch.full_like(sin, 0.5))
-    return skew * scale[..., None]
+    from_skew = skew * scale[..., None]
+    eye = torch.eye(3, dtype=rotation.dtype, device=rotation.device)
+    outer = ((rotation + rotation.transpose(-1, -2)) / 2 - cos[..., None, None] * eye) / (1 - cos).clamp_min(1e-6)[..., None, None]
+    column = outer.diagonal(dim1=-2, dim2=-1).argmax(-1)
+    axis = torch.nn.functional.normalize(outer.gather(-1, column[..., None, None].expand(*column.shape, 3, 1))[..., 0], dim=-1)
+    axis = torch.where((axis * skew).sum(-1, keepdim=True) < 0, -axis, axis)
+    return torch.where((cos > 0)[..., None], from_skew, axis * angle[..., None])
 
 
 def slider_edit(source: FaceCode, sliders: Sliders) -> FaceCode:
