@@ -2,6 +2,7 @@
 CPU). Runs when ANYBODY_A1111_DIR and ANYBODY_A1111_SDXL_CKPT (an SDXL base checkpoint, random weights are fine)
 are set; skipped with the reason otherwise.
 """
+import json
 import os
 import sys
 from pathlib import Path
@@ -103,11 +104,13 @@ def test_sdxl_celeb_basis_trains_a_head_per_encoder_and_binds_without_a_table_wa
     paint_face(photo, 320, 240, blue=90)
     result = webui.post("/anybody/v1/train/celeb-basis", {
         "images": [png_b64(photo)], "names": "xlceleb", "face_model": "xlpack", "steps": 2, "resolution": 64,
-        "views": 2, "save_every": 0})
+        "views": 2, "save_every": 0, "likeness_every": 2})
     assert result["family"] == "sdxl" and any("experimental" in w for w in result["warnings"]), result
     with safe_open(result["people"][0]["path"], "pt") as f:
         assert {k: tuple(f.get_tensor(k).shape) for k in f.keys()} == {"clip_l": (2, 768), "clip_g": (2, 1280)}
         assert {"anybody.token_table.clip_l", "anybody.token_table.clip_g"} <= set(f.metadata())
+        # the likeness curve rendered the two-encoder vectors through the webui's own SDXL txt2img
+        assert [point[0] for point in json.loads(f.metadata()["anybody.likeness.curve"])] == [2]
     body = {"prompt": "photo of ohwx", "steps": 1, "width": 64, "height": 64, "sampler_name": "Euler", "seed": 3}
     bound = webui.post("/sdapi/v1/txt2img", {**body, "alwayson_scripts": {
         "anybody identity": {"args": [True, "xlceleb.safetensors", "ohwx"]}}})
