@@ -7,7 +7,9 @@ Part 1, real ComfyUI (one fresh process per flag set, since ComfyUI parses its f
 checkpoint (full-size UNet on a GPU, tiny in --dry) loaded by the stock CheckpointLoaderSimple and never sampled
 before (cold), then CrossInitTrain fast-25 through the node. Checked: training succeeds; `embedding:<name>` loads in
 the stock CLIPTextEncode and equals the returned CLIP; a KSampler run afterwards gives what a fresh, untrained load
-gives; cos(grad θ, fp32 reference) ≥ 0.99; s/step and peak VRAM.
+gives; cos(grad θ, fp32 reference) ≥ 0.99; s/step and peak VRAM; a likeness render (ComfyUI's KSampler on the
+training copy) between two gradients of one batch leaves the copy loaded whole and the gradient unchanged, and its
+time (one evaluation's sampling) against s/step gives the likeness curve's GPU share.
 Part 2, the diffusers host: SD1.5 at 512 px, batch 8, bf16, 320 steps (target ≤ 15 s on an H200) and peak memory
 against the same batch's inference peak (target ≤ 1.3x).
 Prints a table and writes JSON (--json, default $OUT/gpu_check.json when $OUT is set).
@@ -32,6 +34,7 @@ sys.path.insert(0, str(REPO / "tests" / "hosts"))
 
 GPU_MODES = {"default": [], "disable-dynamic-vram": ["--disable-dynamic-vram"], "lowvram": ["--lowvram"]}
 COS_TARGET, H200_320_STEPS_S, MEMORY_RATIO_TARGET = 0.99, 15.0, 1.3
+RENDER_COS_TARGET = 0.9999  # the same batch's gradient, before and after a render
 
 
 # --- models ---------------------------------------------------------------------------------------------------
@@ -153,6 +156,10 @@ def comfy_worker(args) -> dict:
     cosine, dtype = grad_cosine(pack_module, model, clip, vae, ckpt_dir / "check15.safetensors", size,
                                 2 if args.dry else 8)
     result["grad_cos_vs_fp32"], result["compute_dtype"] = round(cosine, 5), dtype
+
+    # the likeness curve's render (ComfyUI's KSampler on the training copy) between two gradients of one batch
+    mm.unload_all_models()
+    result.update(render_between_gradients(pack_module, model, clip, vae, size, 2 if args.dry else 8, cuda))
     return result
 
 
@@ -188,6 +195,46 @@ def grad_cosine(pack_module, model, clip, vae, path: Path, size: int, batch: int
             trainer.step_gradients(0)
             grads.append(torch.cat([theta[k].grad.flatten().float().cpu() for k in sorted(theta)]))
     return float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)), dtypes[0]
+
+
+def render_between_gradients(pack_module, model, clip, vae, size: int, batch: int, cuda: bool) -> dict:
+    """The likeness curve's render mid-run (``Host.sample_ddim``: ComfyUI's KSampler on the training copy, the
+    curve's 2 prompts x 15 DDIM steps) between two gradients of one fixed Cross-Init batch. The gradients must agree:
+    loading for sampling may move weights, and training must go on with the copy whole, on its device, outside
+    inference mode. The render's time is one evaluation's sampling cost (the likeness curve's GPU share)."""
+    ci = pack_module("anybody.methods.cross_init")
+    engine = pack_module("anybody.train.engine")
+    loss_scale = pack_module("anybody.train.loss_scale")
+    likeness = pack_module("anybody.methods.likeness")
+    host = pack_module("anybody.host.comfy").ComfyHost(model, clip, vae)
+    config = ci.CrossInitConfig(batch=batch, resolution=size)
+    pixels = ci.square_batch(torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(0)), size)
+    with torch.inference_mode():
+        mean, std = host.encode_images(torch.cat([pixels, pixels.flip(2)]))
+    grads, out = [], {}
+    with host.training(batch * size * size):
+        init = {k: ci.cross_init_vectors(enc, ci.read_lines(ci.DEFAULT_NAMES), 2) for k, enc in host.encoders.items()}
+        theta = {k: v.clone().to(host.device).requires_grad_(True) for k, v in init.items()}
+        scale = loss_scale.LossScale() if host.compute_dtype == torch.float16 else None
+        trainer = engine.Trainer(theta, torch.optim.SGD(list(theta.values()), lr=0.0), ci.cross_init_loss(
+            host, theta, init, mean, std, ci.read_lines(ci.TEMPLATES), "<x>", config), host.sink, 1, 0, loss_scale=scale)
+        for render in (False, True):
+            if render:
+                t0 = time.perf_counter()
+                with torch.no_grad():
+                    cond = host.encode_prompts([p.format(word="<x>") for p in likeness.PROMPTS], {"<x>": theta})
+                    uncond = host.encode_prompts([""])
+                noise = torch.randn(len(likeness.PROMPTS), 4, size // 8, size // 8)
+                host.sample_ddim(cond, uncond, noise, likeness.DDIM_STEPS, likeness.GUIDANCE)
+                if cuda:
+                    torch.cuda.synchronize()
+                out["render_s"] = round(time.perf_counter() - t0, 3)
+                out["copy_loaded_whole"] = all(p.loaded_size() >= p.model_size()
+                                               for p in (host.active_model(), host.active_clip().patcher))
+            trainer.step_gradients(0)
+            grads.append(torch.cat([theta[k].grad.flatten().float().cpu() for k in sorted(theta)]))
+    out["render_grad_cos"] = round(float(torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)), 6)
+    return out
 
 
 def run_comfy_modes(args, ckpt: Path) -> list[dict]:
@@ -273,8 +320,8 @@ def diffusers_check(args) -> dict:
 
 def table(rows: list[dict]) -> str:
     cols = ["mode", "dynamic_vram", "train_ok", "s_per_step", "train_s", "train_and_sample_s", "peak_vram_gib",
-            "compute_dtype", "grad_cos_vs_fp32", "embedding_loads", "ksampler_unchanged", "memory_ratio", "skipped",
-            "error"]
+            "compute_dtype", "grad_cos_vs_fp32", "embedding_loads", "ksampler_unchanged", "render_s",
+            "copy_loaded_whole", "render_grad_cos", "memory_ratio", "skipped", "error"]
     used = [c for c in cols if any(c in r for r in rows)]
     lines = ["| " + " | ".join(used) + " |", "|" + "---|" * len(used)]
     for r in rows:
@@ -295,11 +342,14 @@ def verdict(rows: list[dict]) -> list[str]:
         if not r.get("train_ok"):
             failures.append(f"{r['mode']}: training failed ({r.get('error', '')[:120]})")
             continue
-        for key in ("embedding_loads", "ksampler_unchanged"):
+        for key in ("embedding_loads", "ksampler_unchanged", "copy_loaded_whole"):
             if not r.get(key):
                 failures.append(f"{r['mode']}: {key}")
         if r.get("grad_cos_vs_fp32", 0) < COS_TARGET:
             failures.append(f"{r['mode']}: grad cosine {r.get('grad_cos_vs_fp32')} < {COS_TARGET}")
+        if r.get("render_grad_cos", 0) < RENDER_COS_TARGET:
+            failures.append(f"{r['mode']}: gradient after a likeness render {r.get('render_grad_cos')} "
+                            f"< {RENDER_COS_TARGET}")
     return failures
 
 

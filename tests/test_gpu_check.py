@@ -23,10 +23,11 @@ def test_verdict_names_each_failed_acceptance_check():
     gpu_check = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_check)
     rows = [{"mode": "default", "train_ok": True, "embedding_loads": True, "ksampler_unchanged": False,
-             "grad_cos_vs_fp32": 0.97},
+             "grad_cos_vs_fp32": 0.97, "copy_loaded_whole": True, "render_grad_cos": 0.98},
             {"mode": "lowvram", "train_ok": False, "error": "CUDA out of memory"},
             {"mode": "diffusers cuda bfloat16", "time_target_met": False, "memory_target_met": True}]
     failures = gpu_check.verdict(rows)
     assert failures == ["default: ksampler_unchanged", "default: grad cosine 0.97 < 0.99",
+                        "default: gradient after a likeness render 0.98 < 0.9999",
                         "lowvram: training failed (CUDA out of memory)", "diffusers cuda bfloat16: time_target_met"]
     assert "| default | True |" in gpu_check.table(rows)
