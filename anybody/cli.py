@@ -244,7 +244,7 @@ def cmd_align(args) -> int:
     for i, path in enumerate(files):
         image = read_image_uint8(path)
         try:
-            aligned = align_one(models, image, tpl, args.select, args.index, reference, no_face, i)
+            aligned = align_one(models, image, tpl, args.select, args.index, reference, no_face, i, border=args.border)
         except AnybodyError as exc:
             if args.if_no_face != "skip" or "No face found" not in str(exc):
                 raise
@@ -407,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--index", type=int, default=0, help="with --select index: 0 is the leftmost face")
     al.add_argument("--reference", help="with --select most_similar: a photo of the person")
     al.add_argument("--if-no-face", default="skip", choices=["skip", "error", "pass_through"])
+    al.add_argument("--border", default="black", choices=["black", "reflect"],
+                    help="what fills a crop beyond the photo's edge: black, or reflect (FFHQ's mirrored, blurred fill)")
     al.add_argument("--overwrite", action="store_true", help="replace crops already in the output folder")
     al.add_argument("--output-inside-input", action="store_true",
                     help="allow an output folder that is or lies inside the input folder (input files are never replaced)")

@@ -5,6 +5,7 @@ import functools
 import logging
 import os
 
+from ..anybody.face.align import BORDERS
 from ..anybody.face.detect import SELECT_MODES
 from ..anybody.face.models import PROVIDERS, list_packs
 from ..anybody.face.pipeline import NO_FACE
@@ -142,12 +143,15 @@ class AnybodyFaceAlign:
             "optional": {"reference": ("IMAGE", {"tooltip": "photo(s) of the person to pick with 'most_similar'"}),
                          "face_landmarks": ("FACE_LANDMARKS", {"tooltip": "from ComfyUI's Detect Face Landmarks "
                                             "(MediaPipe) on the same images: align to those faces instead of "
-                                            "running face_model's detector"})},
+                                            "running face_model's detector"}),
+                         "border": (list(BORDERS), {"default": "black", "tooltip":
+                                    "what fills a crop beyond its photo's edge: black, or reflect (FFHQ's recipe: "
+                                    "the photo mirrored outward, blurred, fading to its median colour)"})},
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def align(self, face_model, images, template, face, index, if_no_face, reference=None, face_landmarks=None,
-              unique_id=None):
+              border="black", unique_id=None):
         import comfy.model_management
         import comfy.utils
         import torch
@@ -173,7 +177,8 @@ class AnybodyFaceAlign:
                                     f"image(s) of {tuple(images.shape[1:3])} are connected: run Detect Face "
                                     "Landmarks on the same images.")
             found = [faces_from_landmarks(frame) for frame in frames]
-        aligned = align_images(face_model, list(images), template, face, index, refs, if_no_face, progress, found)
+        aligned = align_images(face_model, list(images), template, face, index, refs, if_no_face, progress, found,
+                               border)
         crops = torch.stack([torch.from_numpy(a.crop).float() / 255.0 for a in aligned])
         masks = torch.stack([torch.from_numpy(a.mask) for a in aligned])
         found = sum(a.face is not None for a in aligned)

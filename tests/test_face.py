@@ -93,6 +93,54 @@ def test_paste_back_puts_a_dot_back_within_one_pixel(name):
     assert np.linalg.norm(centroid - [x, y]) <= 1.0
 
 
+def _disc_centroid(crop: np.ndarray) -> np.ndarray:
+    weights = crop[..., 0].astype(np.float64)
+    ys, xs = np.mgrid[:crop.shape[0], :crop.shape[1]]
+    return np.array([(xs * weights).sum(), (ys * weights).sum()]) / weights.sum()
+
+
+def test_antialiased_warp_does_not_alias_fine_detail_and_keeps_the_geometry():
+    """A face 8x the crop's size (a phone photo into ffhq256): the plain bilinear warp turns 1-px detail into
+    moire, the antialiased one (area shrink by 4 first) into its average; both put a point in the same place."""
+    tpl = TEMPLATES["ffhq256"]
+    m = al.similarity_matrix(al.apply(al.invert(_similarity(7, 1 / 8, 40, 30)), tpl.points), tpl)
+    assert abs(al.scale_of(m) - 1 / 8) < 1e-9
+    checker = ((np.indices((2400, 2400)).sum(0) % 2) * 255).astype(np.uint8)[..., None].repeat(3, 2)
+    plain, smooth = al.warp_to_crop(checker, m, 256), al.warp_to_crop(checker, m, 256, antialias=True)
+    inside = (slice(64, 192), slice(64, 192))
+    assert plain[inside].std() > 30 and smooth[inside].std() < 2 and abs(smooth[inside].mean() - 127.5) < 1
+    nose = al.apply(al.invert(m), tpl.points[2])[0]
+    disc = np.zeros((2400, 2400, 3), np.uint8)
+    ys, xs = np.ogrid[:2400, :2400]
+    disc[(xs - nose[0]) ** 2 + (ys - nose[1]) ** 2 <= 60 ** 2] = 255
+    for antialias in (False, True):
+        centroid = _disc_centroid(al.warp_to_crop(disc, m, 256, antialias=antialias))
+        assert np.linalg.norm(centroid - tpl.points[2]) < 0.25, (antialias, centroid)
+    assert TEMPLATES["ffhq512"].antialias and not TEMPLATES["arcface112"].antialias, "recognition crops as insightface's"
+
+
+def test_reflect_border_fills_beyond_the_photo_as_ffhq_does():
+    """Where a crop leaves its photo: black, or FFHQ's fill (mirrored, blurred, fading to the median colour): a
+    one-colour photo stays that colour everywhere, and well inside the photo both borders give the same pixels."""
+    tpl = TEMPLATES["ffhq256"]
+    m = al.similarity_matrix(al.apply(al.invert(_similarity(-9, 1.1, 60, 70)), tpl.points), tpl)  # near a corner
+    flat = np.full((300, 400, 3), (90, 140, 200), np.uint8)
+    black = al.warp_to_crop(flat, m, 256)
+    assert (black.max(axis=2) == 0).mean() > 0.05, "the crop does leave the photo"
+    filled = al.warp_to_crop(flat, m, 256, border="reflect")
+    assert np.abs(filled.astype(int) - (90, 140, 200)).max() <= 1
+    photo = _canvas(300, 400)
+    black, filled = al.warp_to_crop(photo, m, 256), al.warp_to_crop(photo, m, 256, border="reflect")
+    source = al.apply(al.invert(m), np.stack(np.meshgrid(np.arange(256), np.arange(256)), -1).reshape(-1, 2))
+    margin = 0.3 * 256 / al.scale_of(m)  # beyond the blur's reach into the photo
+    deep = ((source[:, 0] > margin) & (source[:, 0] < 400 - margin) & (source[:, 1] > margin)
+            & (source[:, 1] < 300 - margin)).reshape(256, 256)
+    assert deep.sum() > 1000 and np.abs(black[deep].astype(int) - filled[deep]).max() <= 1
+    assert filled.max(axis=2).min() > 60, "no black left"
+    with pytest.raises(ValueError, match="border"):
+        al.warp_to_crop(photo, m, 256, border="wrap")
+
+
 def test_landmark_mask_covers_the_face_and_not_the_corners():
     tpl = TEMPLATES["ffhq512"]
     mask = al.landmark_mask(tpl.points, 512)

@@ -201,17 +201,19 @@ def encode_png(image) -> str:
 
 #: AnybodyFaceAlign's inputs; ``face_model`` names the insightface pack, ``reference`` is a list of photos
 ALIGN_FIELDS: dict[str, Any] = {"images": None, "face_model": "antelopev2", "template": "ffhq512", "face": "largest",
-                                "index": 0, "if_no_face": "error", "reference": None}
+                                "index": 0, "if_no_face": "error", "reference": None, "border": "black"}
 #: AnybodyIdentityScore's inputs
 SCORE_FIELDS: dict[str, Any] = {"images": None, "reference": None, "face_model": "antelopev2"}
 
 
 def _face_choices() -> None:
+    from ..face.align import BORDERS
     from ..face.detect import SELECT_MODES
     from ..face.pipeline import NO_FACE
     from ..face.templates import TEMPLATES
 
-    CHOICES.update({"template": tuple(TEMPLATES), "face": tuple(SELECT_MODES), "if_no_face": tuple(NO_FACE)})
+    CHOICES.update({"template": tuple(TEMPLATES), "face": tuple(SELECT_MODES), "if_no_face": tuple(NO_FACE),
+                    "border": BORDERS})
 
 
 _face_choices()

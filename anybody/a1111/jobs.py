@@ -320,7 +320,7 @@ def align(images: Sequence[torch.Tensor], fields: dict[str, Any], progress=None)
 
     references = list(fields["reference"] or [])
     aligned = align_images(face_models(fields["face_model"]), list(images), fields["template"], fields["face"],
-                           fields["index"], references, fields["if_no_face"], progress)
+                           fields["index"], references, fields["if_no_face"], progress, border=fields["border"])
     found = sum(a.face is not None for a in aligned)
     return {"found": found, "total": len(aligned), "faces": [a.record() for a in aligned]}, [a.crop for a in aligned]
 

@@ -2,8 +2,9 @@
 
 The transform is the least-squares similarity (rotation, uniform scale, translation) from the five detected
 landmarks to the template, estimated with scikit-image as insightface's ``face_align`` and the papers' data
-preparation do; warping is OpenCV's bilinear ``warpAffine`` with a black border. ``M`` (2x3) maps source pixels
-to crop pixels; it is what ANYBODY_FACES stores, so any crop can be pasted back.
+preparation do; warping is OpenCV's bilinear ``warpAffine`` with a black border (or FFHQ's mirrored one), after an
+antialiasing shrink of large photos except for recognition crops. ``M`` (2x3) maps source pixels to crop pixels;
+it is what ANYBODY_FACES stores, so any crop can be pasted back.
 """
 from __future__ import annotations
 
@@ -25,12 +26,96 @@ def similarity_matrix(landmarks: np.ndarray, tpl: Template) -> np.ndarray:
     return np.asarray(tform.params[:2], dtype=np.float64)
 
 
-def warp_to_crop(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-    """The ``size x size`` crop of ``image`` ([H,W,C] uint8/float32) under ``matrix``."""
+BORDERS = ("black", "reflect")
+
+
+def warp_to_crop(image: np.ndarray, matrix: np.ndarray, size: int, antialias: bool = False,
+                 border: str = "black") -> np.ndarray:
+    """The ``size x size`` crop of ``image`` ([H,W,C] uint8/float32) under ``matrix``.
+
+    ``antialias``: a crop taking more than two photo pixels per crop pixel (a phone photo into a 256 crop) first
+    shrinks the photo by the FFHQ recipe's integer factor with area averaging, so the bilinear warp does not skip
+    pixels (aliasing: jagged hair, speckled skin). ``border``: what fills the crop where it leaves the photo; black,
+    or FFHQ's mirrored, blurred photo fading to its median colour (``reflect``)."""
     import cv2
 
+    if border not in BORDERS:
+        raise ValueError(f"border must be one of {BORDERS}, not {border!r}")
+    if antialias:
+        image, matrix = _shrunk(image, matrix)
+    if border == "reflect":
+        image, matrix = _reflect_filled(image, matrix, size)
     return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=0.0)
+
+
+def scale_of(matrix: np.ndarray) -> float:
+    """Crop pixels per photo pixel of a similarity ``matrix``."""
+    return float(np.sqrt(abs(np.linalg.det(np.asarray(matrix, np.float64)[:, :2]))))
+
+
+def _moved(matrix: np.ndarray, to_source: np.ndarray) -> np.ndarray:
+    """``matrix`` for a new photo whose pixels map to the old photo's by the 3x3 ``to_source``."""
+    return (np.vstack([matrix, [0.0, 0.0, 1.0]]) @ to_source)[:2]
+
+
+def _shrunk(image: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The photo shrunk by ``floor(photo px per crop px / 2)`` with area averaging (FFHQ's rule; nothing below 2),
+    and the matrix from the shrunk photo."""
+    import cv2
+
+    factor = int(np.floor(0.5 / max(scale_of(matrix), 1e-12)))
+    if factor < 2:
+        return image, matrix
+    h, w = image.shape[:2]
+    new_w, new_h = max(1, int(round(w / factor))), max(1, int(round(h / factor)))
+    small = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+    sx, sy = w / new_w, h / new_h  # a shrunk pixel's centre u lies at (u + 0.5) s - 0.5 in the photo
+    return small, _moved(matrix, np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]]))
+
+
+def _reflect_filled(image: np.ndarray, matrix: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """FFHQ's padding (the recipe DiffusionRig's albums are aligned with), where the crop leaves the photo: the
+    photo cut to the crop's footprint plus a border of a tenth of its side; where that still leaves the photo, the
+    photo is mirrored outward by at least 0.3 of the side, blurred (sigma 0.02 of the side) over the mirrored part
+    and a third of the pad inwards, and faded to its median colour towards the far edge. Returns the filled photo
+    and the matrix from it."""
+    import cv2
+
+    h, w = image.shape[:2]
+    side = size / max(scale_of(matrix), 1e-12)  # the crop's side in photo pixels
+    quad = apply(invert(matrix), [[0, 0], [size, 0], [0, size], [size, size]])
+    border = max(int(round(side * 0.1)), 3)
+    left, top = max(int(np.floor(quad[:, 0].min())) - border, 0), max(int(np.floor(quad[:, 1].min())) - border, 0)
+    right = min(int(np.ceil(quad[:, 0].max())) + border, w)
+    bottom = min(int(np.ceil(quad[:, 1].max())) + border, h)
+    if right <= left or bottom <= top:
+        return image, matrix  # the crop misses the photo entirely: nothing to mirror
+    image, quad = image[top:bottom, left:right], quad - [left, top]
+    h, w = image.shape[:2]
+    pads = np.array([max(border - int(np.floor(quad[:, 0].min())), 0), max(border - int(np.floor(quad[:, 1].min())), 0),
+                     max(int(np.ceil(quad[:, 0].max())) - w + border, 0),
+                     max(int(np.ceil(quad[:, 1].max())) - h + border, 0)])
+    if pads.max() > border - 4:
+        pads = np.maximum(pads, max(int(np.rint(side * 0.3)), 1))
+        pad_l, pad_t, pad_r, pad_b = (int(v) for v in pads)
+        dtype = image.dtype
+        channels = ((0, 0),) * (image.ndim - 2)
+        filled = np.pad(image.astype(np.float32), ((pad_t, pad_b), (pad_l, pad_r), *channels), mode="reflect")
+        fh, fw = filled.shape[:2]
+        y, x = np.ogrid[:fh, :fw]
+        # > 0 outside the photo (1 at the far edge), < 0 inside
+        outside = np.maximum(1.0 - np.minimum(x / pad_l, (fw - 1 - x) / pad_r),
+                             1.0 - np.minimum(y / pad_t, (fh - 1 - y) / pad_b)).astype(np.float32)
+        outside = outside.reshape(outside.shape + (1,) * (image.ndim - 2))
+        blur = max(side * 0.02, 1e-3)
+        filled += (cv2.GaussianBlur(filled, (0, 0), blur).reshape(filled.shape) - filled) * np.clip(outside * 3 + 1, 0, 1)
+        filled += (np.median(filled, axis=(0, 1)) - filled) * np.clip(outside, 0, 1)
+        if dtype == np.uint8:
+            filled = np.clip(np.rint(filled), 0, 255)
+        image = filled.astype(dtype)
+        left, top = left - pad_l, top - pad_t
+    return image, _moved(matrix, np.array([[1.0, 0.0, left], [0.0, 1.0, top], [0.0, 0.0, 1.0]]))
 
 
 def invert(matrix: np.ndarray) -> np.ndarray:

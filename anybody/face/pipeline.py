@@ -81,7 +81,8 @@ def center_matrix(height: int, width: int, size: int) -> np.ndarray:
 def embed_faces(models: FaceModels, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
     """Unit recognition embeddings ``[N, D]`` of ``faces`` in ``image``, each ArcFace-aligned first."""
     tpl = TEMPLATES["arcface112"]
-    return embed_aligned(models, [warp_to_crop(image, similarity_matrix(f.landmarks, tpl), tpl.size) for f in faces])
+    return embed_aligned(models, [warp_to_crop(image, similarity_matrix(f.landmarks, tpl), tpl.size, tpl.antialias)
+                                  for f in faces])
 
 
 def reference_embeddings(models: FaceModels, references: Sequence) -> np.ndarray:
@@ -108,8 +109,9 @@ def reference_embedding(models: FaceModels, references: Sequence) -> np.ndarray:
 
 def align_one(models: FaceModels, image: np.ndarray, tpl: Template, select: str = "largest", index: int = 0,
               reference: np.ndarray | None = None, on_no_face: str = "error", source_index: int = 0,
-              faces: Sequence[Face] | None = None) -> AlignedFace:
-    """``faces``: already found (landmarks from another node) instead of detected here."""
+              faces: Sequence[Face] | None = None, border: str = "black") -> AlignedFace:
+    """``faces``: already found (landmarks from another node) instead of detected here. ``border``: what fills
+    the crop beyond the photo (``align.warp_to_crop``)."""
     if on_no_face not in NO_FACE:
         raise BadInputError(f"Unknown no-face behaviour {on_no_face!r}; choose one of {', '.join(NO_FACE)}.")
     h, w = image.shape[:2]
@@ -123,7 +125,8 @@ def align_one(models: FaceModels, image: np.ndarray, tpl: Template, select: str 
         log.warning("[Anybody] no face found in image %d (%dx%d); passing it through as a centred crop",
                     source_index + 1, w, h)
         m = center_matrix(h, w, tpl.size)
-        return AlignedFace(warp_to_crop(image, m, tpl.size), np.zeros((tpl.size, tpl.size), np.float32), m,
+        return AlignedFace(warp_to_crop(image, m, tpl.size, tpl.antialias, border),
+                           np.zeros((tpl.size, tpl.size), np.float32), m,
                            source_index, (h, w), tpl.name, None)
     similarities = None
     if select == "most_similar":
@@ -132,7 +135,7 @@ def align_one(models: FaceModels, image: np.ndarray, tpl: Template, select: str 
         similarities = embed_faces(models, image, faces) @ reference
     face = select_face(faces, select, index, similarities)
     m = similarity_matrix(face.landmarks, tpl)
-    crop = warp_to_crop(image, m, tpl.size)
+    crop = warp_to_crop(image, m, tpl.size, tpl.antialias, border)
     sim = float(similarities[[f is face for f in faces].index(True)]) if similarities is not None else None
     return AlignedFace(crop, landmark_mask(apply(m, face.landmarks), tpl.size), m, source_index, (h, w), tpl.name,
                        face, sim)
@@ -141,9 +144,10 @@ def align_one(models: FaceModels, image: np.ndarray, tpl: Template, select: str 
 def align_images(models: FaceModels, images: Sequence, template_name: str = "ffhq512", select: str = "largest",
                  index: int = 0, references: Sequence | None = None, on_no_face: str = "error",
                  progress: Callable[[int, int], None] | None = None,
-                 found: Sequence[Sequence[Face]] | None = None) -> list[AlignedFace]:
+                 found: Sequence[Sequence[Face]] | None = None, border: str = "black") -> list[AlignedFace]:
     """Align one face per image. ``images``/``references``: [H,W,C] float 0..1 tensors or uint8 arrays.
-    ``found``: per image, faces another node found (MediaPipe landmarks); the detector is not run then."""
+    ``found``: per image, faces another node found (MediaPipe landmarks); the detector is not run then.
+    ``border``: black, or FFHQ's mirrored fill where a crop leaves its photo (``align.warp_to_crop``)."""
     tpl = template(template_name)
     if len(images) == 0:
         raise BadInputError("No images were given.")
@@ -155,7 +159,7 @@ def align_images(models: FaceModels, images: Sequence, template_name: str = "ffh
     out = []
     for i, image in enumerate(images):
         out.append(align_one(models, to_uint8(image), tpl, select, index, reference, on_no_face, i,
-                             None if found is None else found[i]))
+                             None if found is None else found[i], border))
         if progress:
             progress(i + 1, len(images))
     return out

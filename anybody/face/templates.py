@@ -22,6 +22,9 @@ class Template:
     name: str
     size: int
     points: np.ndarray  # [5, 2] in crop pixels
+    #: shrink large photos with area averaging before warping (``align.warp_to_crop``); off for recognition crops,
+    #: which recognizers were trained on as insightface's ``norm_crop`` warps them (plain bilinear)
+    antialias: bool = True
 
     @property
     def label(self) -> str:
@@ -32,7 +35,7 @@ TEMPLATES = {
     "ffhq256": Template("ffhq256", 256, FFHQ_512 * 0.5),
     "ffhq512": Template("ffhq512", 512, FFHQ_512.copy()),
     "ffhq1024": Template("ffhq1024", 1024, FFHQ_512 * 2.0),
-    "arcface112": Template("arcface112", 112, ARCFACE_112.copy()),
+    "arcface112": Template("arcface112", 112, ARCFACE_112.copy(), antialias=False),
 }
 
 

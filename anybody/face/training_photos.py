@@ -60,6 +60,6 @@ def ffhq_faces(models: FaceModels, images: Sequence, size: int, labels: Sequence
         if len(faces) > 1 and log:
             log(f"{label} shows {len(faces)} faces; the largest is used.")
         face = select_face(faces, "largest")
-        crop = warp_to_crop(rgb, similarity_matrix(face.landmarks, tpl), size)
+        crop = warp_to_crop(rgb, similarity_matrix(face.landmarks, tpl), size, tpl.antialias)
         crops.append(torch.from_numpy(np.ascontiguousarray(crop)).float() / 255.0)
     return crops

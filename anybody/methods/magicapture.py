@@ -149,7 +149,7 @@ def _one_face(tools: FaceTools, image: torch.Tensor, label: str) -> Face:
 def reference_embedding(tools: FaceTools, image: torch.Tensor, face: Face) -> torch.Tensor:
     """The unit identity embedding of ``face`` in ``image [3,S,S]`` (ArcFace 112 alignment, frozen recognizer)."""
     tpl = FACE_TEMPLATES["arcface112"]
-    crop = warp_to_crop(_uint8(image), similarity_matrix(face.landmarks, tpl), tpl.size)
+    crop = warp_to_crop(_uint8(image), similarity_matrix(face.landmarks, tpl), tpl.size, tpl.antialias)
     faces = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1
     return tools.recognizer(faces)[0]
 

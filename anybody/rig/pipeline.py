@@ -43,7 +43,7 @@ class RigFit:
 
 def fit_photos(face_models, deca, images: Sequence, device) -> RigFit:
     """Align each image's largest face to 256 px and fit DECA to it."""
-    aligned = align_images(face_models, list(images), "ffhq256")
+    aligned = align_images(face_models, list(images), "ffhq256", border="reflect")  # FFHQ's recipe (spec 2.1)
     boxes = [box_in_crop(a) for a in aligned]
     photos = torch.from_numpy(np.stack([a.crop for a in aligned])).permute(0, 3, 1, 2).float().div(255).to(device)
     transform = crop_transform(torch.tensor(np.stack(boxes), dtype=torch.float32)).to(device)
