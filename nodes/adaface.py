@@ -160,7 +160,6 @@ class AnybodyAdaFaceEncode:
         return {"ui": {"text": messages}, "result": (clip_with_identity(clip, identity), identity, path)}
 
 
-
 class AnybodyGuidanceAnneal:
     CATEGORY = "Anybody/adaface"
     FUNCTION = "patch"

@@ -70,7 +70,9 @@ class A1111Sink(ProgressSink):
     def check_cancel(self) -> None:
         from modules import shared
 
-        if shared.state.interrupted:
+        # Interrupt; or its first click, which on a multi-step job (job_count > 1) only asks to stop after the current
+        # step, as a whole-step trainer may
+        if shared.state.interrupted or getattr(shared.state, "stopping_generation", False):
             raise TrainingCancelled("Interrupted: the progress is saved; run again with the same settings and "
                                     "saved_progress 'resume' to continue.")
 
@@ -490,32 +492,54 @@ class A1111Host(Host):
                         latent_shape: Sequence[int], steps: int, guidance: float) -> torch.Tensor:
         """The webui's own txt2img processing, as its textual-inversion trainer renders previews mid-run: the words
         bound to the current vectors as temporary embeddings, sampler DDIM, the user's settings otherwise (clip skip,
-        VAE, noise source); nothing saved, no scripts, no face restoration (it would change what is scored). The VAE
-        comes back to the GPU for the decode if training moved it off."""
+        VAE, noise source). Nothing is saved (not even params.txt), no scripts run, no face restoration (it would
+        change what is scored), and the checkpoint being trained is pinned for the render (a checkpoint chosen in
+        the page meanwhile loads after training). The VAE comes back to the GPU for the decode if training moved
+        it off. A Skip would leave a half-denoised image to score: the render is made again."""
+        from modules import shared
+
+        for _ in range(2):
+            shared.state.skipped = False
+            images = self._processed(prompts, injections, seeds, latent_shape, steps, guidance)
+            self.sink.check_cancel()  # an Interrupt ends the render early with what it had
+            if not shared.state.skipped:
+                break
+        shared.state.skipped = False
+        if len(images) != len(prompts):
+            raise AnybodyError(f"The webui rendered {len(images)} of {len(prompts)} likeness images; see its console. "
+                               "Turn the likeness curve off (likeness_every 0) to train without it.")
+        return torch.stack(images)
+
+    def _processed(self, prompts, injections, seeds, latent_shape, steps, guidance) -> list[torch.Tensor]:
         import numpy as np
-        from modules import devices, processing
+        from modules import devices, processing, shared
 
         height, width = latent_shape[-2] * 8, latent_shape[-1] * 8
         words = {w: (next(iter(v.values())) if len(v) == 1 else dict(v)) for w, v in injections.items()}
         words = {w: (v.detach() if torch.is_tensor(v) else {k: t.detach() for k, t in v.items()})
                  for w, v in words.items()}
+        checkpoint = getattr(getattr(self.sd_model, "sd_checkpoint_info", None), "title", None)
         p = processing.StableDiffusionProcessingTxt2Img(
             sd_model=self.sd_model, prompt=list(prompts), negative_prompt="", seed=[int(s) for s in seeds],
             sampler_name="DDIM", steps=steps, cfg_scale=guidance, width=width, height=height,
             batch_size=len(prompts), n_iter=1, restore_faces=False, tiling=False, do_not_save_samples=True,
-            do_not_save_grid=True, do_not_reload_embeddings=True)
+            do_not_save_grid=True, do_not_reload_embeddings=True,
+            override_settings={"sd_model_checkpoint": checkpoint} if checkpoint else {},
+            override_settings_restore_afterwards=True)
         p.cached_c, p.cached_uc = [None, None], [None, None]  # cached by prompt text, not by the vectors bound
         vae = self.sd_model.first_stage_model
         vae_device = next(vae.parameters()).device
+        history = shared.cmd_opts.no_prompt_history
         try:
             vae.to(devices.device)
+            shared.cmd_opts.no_prompt_history = True  # params.txt is the user's last generation, not this render
             with temporary_embeddings(self.sd_model, words), contextlib.closing(p), torch.no_grad():
                 processed = processing.process_images(p)
         finally:
+            shared.cmd_opts.no_prompt_history = history
             vae.to(vae_device)
-        self.sink.check_cancel()  # an Interrupt ends the render early with what it had
         rendered = processed.images[processed.index_of_first_image:]
-        return torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"))).float() / 255 for im in rendered])
+        return [torch.from_numpy(np.asarray(im.convert("RGB"))).float() / 255 for im in rendered]
 
     def decode_differentiable(self, latents: torch.Tensor) -> torch.Tensor:
         """Through an fp32 copy of the checkpoint's VAE made for this training run (the webui's may be fp16, or

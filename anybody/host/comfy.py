@@ -496,15 +496,19 @@ class ComfyHost(Host):
         return diffusion.target(self.prediction, x0, eps, a)
 
     def sample_ddim(self, cond: Cond, uncond: Cond, noise: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
-        """ComfyUI's own sampler, as a KSampler node runs it ("ddim" with the "ddim_uniform" scheduler: SD's DDIM
-        timesteps, ending at sigma 0), on the active model: mid-run the training copy with its adapters and the
-        MODEL's patches, so a render is what a KSampler would make of the current identity. Loading for sampling may
-        move weights to make room, so the training copies are loaded whole again afterwards."""
+        """ComfyUI's own sampler, as a KSampler node runs it (sampler "ddim"), on the active model: mid-run the
+        training copy with its adapters and the MODEL's patches, so a render is what a KSampler would make of the
+        current identity. The sigmas are SD's DDIM timesteps (``train.sampling.ddim_timesteps``) ending at 0:
+        ComfyUI's "ddim_uniform" scheduler would add a step where 1000 is not a multiple of ``steps``. Loading for
+        sampling may move weights to make room, so the training copies are loaded whole again afterwards."""
         import comfy.sample
 
+        from ..train.sampling import ddim_timesteps
         from . import comfy_training as copies
 
         patcher = self.active_model()
+        table = patcher.get_model_object("model_sampling").sigmas.detach().float().cpu()
+        sigmas = torch.cat([table[ddim_timesteps(steps, len(table))], torch.zeros(1)])
         h, w = noise.shape[-2] * 8, noise.shape[-1] * 8
 
         def conditioning(c: Cond) -> list:
@@ -517,7 +521,8 @@ class ComfyHost(Host):
         noise = noise.detach().float().cpu()
         with torch.no_grad():
             samples = comfy.sample.sample(patcher, noise, steps, guidance, "ddim", "ddim_uniform", conditioning(cond),
-                                          conditioning(uncond), torch.zeros_like(noise), disable_pbar=True, seed=0)
+                                          conditioning(uncond), torch.zeros_like(noise), sigmas=sigmas,
+                                          disable_pbar=True, seed=0)
         if self._train_model is not None:
             copies.load_fully([self._train_model, self._train_clip.patcher], memory_required=self._reserve)
         return patcher.model.process_latent_in(samples.float()).to(self.device)

@@ -94,7 +94,6 @@ def apply_strength(vectors: torch.Tensor, strength: float, pad: torch.Tensor | N
     return strength * vectors + (1.0 - strength) * pad.to(vectors)
 
 
-#: AdaFace's own preprocessing: the photo, padded to a square, at 512x512 (nearest) and detected at that size
 #: the authors' NeurIPS evaluation: guidance annealed linearly from 4 at the first DDIM step to 1 at the last
 ANNEALED_GUIDANCE = (4.0, 1.0)
 
@@ -108,6 +107,7 @@ def annealed_guidance(step: int, steps: int, start: float = ANNEALED_GUIDANCE[0]
     return float(start + (end - start) * min(max(step, 0), steps - 1) / (steps - 1))
 
 
+#: AdaFace's own preprocessing: the photo, padded to a square, at 512x512 (nearest) and detected at that size
 PREPROCESS_SIZE = 512
 
 

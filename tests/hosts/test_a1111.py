@@ -183,6 +183,16 @@ def _register(demo, app):
                             [types.SimpleNamespace(name=p) for p in body["styles"]], *[values[k] for k in tab.MC_CONTROLS]))
 
 
+    @app.post("/anybody-probe/interrupt-button")
+    def interrupt_button():
+        """What the page's Interrupt button does (ui_toprow): on a job of several steps, with the default
+        'interrupt after current' setting, its first click only asks to stop after the current one."""
+        if not shared.state.stopping_generation and shared.state.job_count > 1 and shared.opts.interrupt_after_current:
+            shared.state.stop_generating()
+            return {"did": "stop_generating"}
+        shared.state.interrupt()
+        return {"did": "interrupt"}
+
     @app.get("/anybody-probe/denoised")
     def denoised():
         """What the webui's own samplers denoised since the last call (steps and their batch sizes)."""
@@ -320,7 +330,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(webui):
             state = progress["state"]
             if state.get("job_no", 0) >= 1 and state.get("job_count", 0) == 4:
                 seen.update(preview=progress["current_image"], text=progress["textinfo"], progress=progress["progress"])
-                webui.post("/sdapi/v1/interrupt", {})
+                seen["button"] = webui.post("/anybody-probe/interrupt-button", {})["did"]  # the page's first click
                 return
             time.sleep(0.2)
 
@@ -329,6 +339,7 @@ def test_interrupt_then_resume_equals_an_uninterrupted_run(webui):
     status, body = webui.request("POST", "/anybody/v1/train/cross-init", {"images": photos(), "name": "split", **settings})
     stopper.join()
     assert status == 409 and body["error"] == "interrupted", body
+    assert seen["button"] == "stop_generating", "training stops at the step boundary the page's first click asks for"
     assert seen["preview"] and seen["text"].startswith("Cross-Init: step") and 0 < seen["progress"] < 1, seen
     assert not (webui.data / "embeddings" / "split.safetensors").exists()
     assert txt2img(webui, "a red house by the sea")[0] == unrelated  # interrupted training left the webui as it was
