@@ -159,10 +159,11 @@ def adaface_from_tab(files, name, strength, face_model, adaface_file, arc2face, 
     return "", _guarded(run)[1]
 
 
-def align_from_tab(files, face_model, template, face, index, if_no_face):
+def align_from_tab(files, face_model, template, face, index, if_no_face, border="black"):
     def run():
         checked = fields.checked_fields({"face_model": face_model, "template": template, "face": face,
-                                         "index": int(index), "if_no_face": if_no_face}, fields.ALIGN_FIELDS, "align")
+                                         "index": int(index), "if_no_face": if_no_face, "border": border},
+                                        fields.ALIGN_FIELDS, "align")
         result, crops = jobs.align(_photos(files, "photos"), checked)
         return crops, _message(f"{result['found']}/{result['total']} face(s) aligned to {template}.")
 
@@ -301,6 +302,7 @@ def build():
     import gradio as gr
     from modules.call_queue import wrap_gradio_gpu_call
 
+    from ..face.align import BORDERS
     from ..face.detect import SELECT_MODES
     from ..face.pipeline import NO_FACE
     from ..face.templates import TEMPLATES
@@ -500,12 +502,15 @@ def build():
                                                value="largest")
                             index = gr.Number(label="index", value=0, precision=0)
                             if_no_face = gr.Dropdown(label="if_no_face", choices=list(NO_FACE), value="error")
+                            border = gr.Dropdown(label="border", choices=list(BORDERS), value="black",
+                                                 info="beyond the photo's edge: black, or reflect (FFHQ's mirrored, "
+                                                      "blurred fill)")
                         align = gr.Button("Align", variant="primary", elem_id=f"{ELEM}_align")
                     with gr.Column():
                         crops = gr.Gallery(label="Aligned crops", elem_id=f"{ELEM}_crops", columns=4)
                         align_result = gr.HTML(value="")
                 align.click(fn=wrap_gradio_gpu_call(align_from_tab, extra_outputs=[[]]),
-                            inputs=[align_photos, align_pack, template, face, index, if_no_face],
+                            inputs=[align_photos, align_pack, template, face, index, if_no_face, border],
                             outputs=[crops, align_result])
             with gr.Tab("IdentityScore", elem_id=f"{ELEM}_score_tab"):
                 with gr.Row():

@@ -76,7 +76,7 @@ def _register(demo, app):
 
         files = [types.SimpleNamespace(name=path) for path in body["files"]]
         crops, align_html = wrap_gradio_gpu_call(tab.align_from_tab, extra_outputs=[[]])(
-            files, body["pack"], "ffhq256", "largest", 0, "error")
+            files, body["pack"], "ffhq256", "largest", 0, "error", body.get("border", "black"))
         plot, score_html = wrap_gradio_gpu_call(tab.score_from_tab, extra_outputs=[None])(files, files, body["pack"])
         return {"crops": [list(c.shape) for c in crops], "align": align_html, "plot": list(plot.shape) if plot is not None
                 else None, "score": score_html}
@@ -425,7 +425,8 @@ def test_face_routes_use_the_webuis_insightface_folder(webui):
     from PIL import Image as PILImage
 
     PILImage.fromarray(_painted_photo()).save(webui.data / "painted.png")
-    in_tab = webui.post("/anybody-probe/tab-faces", {"files": [str(webui.data / "painted.png")], "pack": "testpack"})
+    in_tab = webui.post("/anybody-probe/tab-faces", {"files": [str(webui.data / "painted.png")], "pack": "testpack",
+                                                     "border": "reflect"})
     assert in_tab["crops"] == [[256, 256, 3]] and "1/1 face(s) aligned to ffhq256" in in_tab["align"], in_tab
     assert in_tab["plot"] and "identity cosine 1.000" in in_tab["score"], in_tab
     blank = png_b64(np.full((96, 96, 3), 90, np.uint8))
