@@ -218,6 +218,9 @@ def temporary_embeddings(sd_model, words: dict[str, object]) -> Iterator[None]:
             db.register_embedding_by_name(old, sd_model, word)
 
 
+_UNSET = object()
+
+
 class A1111Host(Host):
     """The model currently loaded in the webui (``shared.sd_model``); make a new host after a checkpoint switch."""
 
@@ -523,19 +526,23 @@ class A1111Host(Host):
             sd_model=self.sd_model, prompt=list(prompts), negative_prompt="", seed=[int(s) for s in seeds],
             sampler_name="DDIM", steps=steps, cfg_scale=guidance, width=width, height=height,
             batch_size=len(prompts), n_iter=1, restore_faces=False, tiling=False, do_not_save_samples=True,
-            do_not_save_grid=True, do_not_reload_embeddings=True,
-            override_settings={"sd_model_checkpoint": checkpoint} if checkpoint else {},
-            override_settings_restore_afterwards=True)
+            do_not_save_grid=True, do_not_reload_embeddings=True)
         p.cached_c, p.cached_uc = [None, None], [None, None]  # cached by prompt text, not by the vectors bound
         vae = self.sd_model.first_stage_model
         vae_device = next(vae.parameters()).device
-        history = shared.cmd_opts.no_prompt_history
+        history, chosen = shared.cmd_opts.no_prompt_history, shared.opts.data.get("sd_model_checkpoint", _UNSET)
         try:
             vae.to(devices.device)
             shared.cmd_opts.no_prompt_history = True  # params.txt is the user's last generation, not this render
+            if checkpoint:  # processing loads the setting's checkpoint: for this render, the one being trained
+                shared.opts.data["sd_model_checkpoint"] = checkpoint  # (no setter: no callbacks, --freeze-settings)
             with temporary_embeddings(self.sd_model, words), contextlib.closing(p), torch.no_grad():
                 processed = processing.process_images(p)
         finally:
+            if chosen is _UNSET:
+                shared.opts.data.pop("sd_model_checkpoint", None)
+            else:
+                shared.opts.data["sd_model_checkpoint"] = chosen
             shared.cmd_opts.no_prompt_history = history
             vae.to(vae_device)
         rendered = processed.images[processed.index_of_first_image:]

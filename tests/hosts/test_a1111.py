@@ -183,6 +183,15 @@ def _register(demo, app):
                             [types.SimpleNamespace(name=p) for p in body["styles"]], *[values[k] for k in tab.MC_CONTROLS]))
 
 
+    @app.post("/anybody-probe/pick-checkpoint")
+    def pick_checkpoint(body: dict):
+        """The checkpoint setting changed as a pick in the page changes it while a job holds the queue (its load waits
+        for the job); returns the loaded file and the setting it replaced."""
+        before = shared.opts.data.get("sd_model_checkpoint")
+        if body.get("title"):
+            shared.opts.data["sd_model_checkpoint"] = body["title"]
+        return {"loaded": shared.sd_model.sd_checkpoint_info.filename, "setting": before}
+
     @app.post("/anybody-probe/interrupt-button")
     def interrupt_button():
         """What the page's Interrupt button does (ui_toprow): on a job of several steps, with the default
@@ -445,6 +454,18 @@ def test_face_routes_use_the_webuis_insightface_folder(webui):
         curve = json.loads(f.metadata()["anybody.likeness.curve"])
     assert [point[0] for point in curve] == [1, 2] and "likeness" in liked, liked
     assert webui.get("/anybody-probe/denoised")["steps"] == [[15, 4]] * 30  # per step: 2 prompts + 2 unconds
+    # another checkpoint picked in the page meanwhile: the renders must not load it into the model being trained
+    current = webui.post("/anybody-probe/pick-checkpoint", {})
+    other = webui.data / "models" / "Stable-diffusion" / "picked_meanwhile.safetensors"
+    other.parent.mkdir(parents=True, exist_ok=True)
+    other.symlink_to(current["loaded"])
+    webui.post("/sdapi/v1/refresh-checkpoints", {})
+    picked = next(m["title"] for m in webui.get("/sdapi/v1/sd-models") if m["model_name"] == "picked_meanwhile")
+    webui.post("/anybody-probe/pick-checkpoint", {"title": picked})
+    webui.post("/anybody/v1/train/cross-init", {"images": [photo], "name": "liked_pinned", **TRAIN,
+                                                "face_model": "testpack", "likeness_every": 1})
+    after = webui.post("/anybody-probe/pick-checkpoint", {"title": current["setting"]})
+    assert after == {"loaded": current["loaded"], "setting": picked}, after
 
 
 def test_tab_builds_in_the_page_with_its_controls(tmp_path_factory):
