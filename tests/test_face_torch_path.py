@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 class PaintedFaceMesh:
     """``detect_batch`` as ComfyUI's FaceLandmarkerModel has it, over the tests' painted faces: every red cell is a
-    face, reported as a 478-point mesh whose iris centres, nose tip and mouth corners are the expected 5 points."""
+    face, reported as a 478-point mesh whose iris centres, nose point and mouth corners are the expected 5 points."""
 
     def __init__(self):
         self.calls = 0
@@ -40,7 +40,7 @@ class PaintedFaceMesh:
                     if red[y0:y0 + STRIDE, x0:x0 + STRIDE].all():
                         box, five = expected_face(x0, y0, int(rgb[y0, x0, 2]))
                         mesh = np.tile(box.reshape(2, 2).mean(0), (478, 1))
-                        mesh[[473, 468, 1, 291, 61]] = five  # subject-side indices: image order must not matter
+                        mesh[[473, 468, 5, 291, 61]] = five  # subject-side indices: image order must not matter
                         faces.append({"bbox_xyxy": box, "landmarks_xy": mesh, "score": 0.9})
             frames.append(faces[:num_faces or None])
         return frames
@@ -48,7 +48,8 @@ class PaintedFaceMesh:
 
 def test_five_points_from_the_mesh_irises_or_eye_corners():
     mesh = np.zeros((478, 2))
-    mesh[468], mesh[473], mesh[1], mesh[61], mesh[291] = (70, 40), (30, 41), (50, 60), (35, 80), (65, 81)
+    mesh[468], mesh[473], mesh[5], mesh[61], mesh[291] = (70, 40), (30, 41), (50, 60), (35, 80), (65, 81)
+    mesh[1] = (50, 70)  # the mesh's nose tip: below where 5-point detectors put the nose
     assert mp.five_points(mesh).tolist() == [[30, 41], [70, 40], [50, 60], [35, 80], [65, 81]]
     no_iris = mesh[:468].copy()
     no_iris[33], no_iris[133], no_iris[362], no_iris[263] = (20, 40), (40, 42), (60, 40), (80, 38)
