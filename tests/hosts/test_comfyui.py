@@ -611,7 +611,7 @@ def test_comfyui_sampler_renders_as_our_ddim_does(comfy_env):
         ours = ddim_sample(host, cond, uncond, noise, 15, 5.0).cpu()
         alone = host.sample_ddim(Cond(cond.context[1:]), uncond, noise[1:], 15, 5.0).cpu()
     gap = ((theirs - ours).norm() / ours.norm()).item()
-    assert gap < 0.02, gap  # 0.6 % measured on the tiny model
+    assert gap < 0.02, gap  # 0.5 % measured on the tiny model (both ComfyUI versions)
     assert torch.allclose(alone[0], theirs[1], atol=1e-4)
     assert ((theirs[0] - theirs[1]).norm() / ours.norm()).item() > 10 * gap, "the two renders differ far more"
 
