@@ -265,17 +265,22 @@ class A1111Host(Host):
     def encode_prompts(self, prompts: Sequence[str], injections: Injections | None = None) -> Cond:
         """The webui's ``get_learned_conditioning`` with each placeholder word registered as a temporary embedding
         whose vectors are the injected tensors (gradients reach them through the hijack's splice)."""
+        with temporary_embeddings(self.sd_model, self._embedding_words(injections)), self._differentiable_conditioner():
+            out = self.sd_model.get_learned_conditioning(list(prompts))
+        if isinstance(out, dict):  # SDXL: cross-attention context and the ADM vector (pooled + size embeddings)
+            return Cond(out["crossattn"].float(), out["vector"].float())
+        return Cond(out.float())
+
+    def _embedding_words(self, injections: Injections | None, detach: bool = False) -> dict[str, object]:
+        """``word -> vectors`` as :func:`register_vectors` takes them: SDXL's per-encoder dict, else the one tensor."""
         words = {}
         for word, per_encoder in (injections or {}).items():
             if set(per_encoder) != set(FAMILY_ENCODERS[self.family]):
                 raise WrongModelFamilyError(f"Vectors for {word!r} are for encoders {sorted(per_encoder)}, the webui's "
                                             f"model has {sorted(FAMILY_ENCODERS[self.family])}.")
-            words[word] = dict(per_encoder) if self.family == "sdxl" else next(iter(per_encoder.values()))
-        with temporary_embeddings(self.sd_model, words), self._differentiable_conditioner():
-            out = self.sd_model.get_learned_conditioning(list(prompts))
-        if isinstance(out, dict):  # SDXL: cross-attention context and the ADM vector (pooled + size embeddings)
-            return Cond(out["crossattn"].float(), out["vector"].float())
-        return Cond(out.float())
+            vectors = {k: v.detach() if detach else v for k, v in per_encoder.items()}
+            words[word] = vectors if self.family == "sdxl" else next(iter(vectors.values()))
+        return words
 
     @contextlib.contextmanager
     def _differentiable_conditioner(self) -> Iterator[None]:
@@ -518,9 +523,7 @@ class A1111Host(Host):
         from modules import devices, processing, shared
 
         height, width = latent_shape[-2] * 8, latent_shape[-1] * 8
-        words = {w: (next(iter(v.values())) if len(v) == 1 else dict(v)) for w, v in injections.items()}
-        words = {w: (v.detach() if torch.is_tensor(v) else {k: t.detach() for k, t in v.items()})
-                 for w, v in words.items()}
+        words = self._embedding_words(injections, detach=True)
         checkpoint = getattr(getattr(self.sd_model, "sd_checkpoint_info", None), "title", None)
         p = processing.StableDiffusionProcessingTxt2Img(
             sd_model=self.sd_model, prompt=list(prompts), negative_prompt="", seed=[int(s) for s in seeds],

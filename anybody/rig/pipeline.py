@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInputError
-from ..face.align import apply
+from ..face.align import apply, scale_of
 from ..face.pipeline import AlignedFace, align_images
 from .codes import EDIT_MODES, FaceCode, edited, with_shape
 from .crop import crop_transform, warp_crop
@@ -57,7 +57,7 @@ def box_in_crop(face: AlignedFace) -> np.ndarray:
     alignment's scale (the aligned face is upright, so the box stays axis-aligned with it)."""
     left, top, right, bottom = face.face.box
     centre = apply(face.matrix, np.array([[(left + right) / 2, (top + bottom) / 2]]))[0]
-    scale = float(np.sqrt(abs(np.linalg.det(face.matrix[:, :2]))))
+    scale = scale_of(face.matrix)
     half = np.array([right - left, bottom - top]) * scale / 2
     return np.concatenate([centre - half, centre + half])
 
